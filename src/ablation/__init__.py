@@ -1,0 +1,36 @@
+"""ablation: a deep-learning tutorial's design choices as an ablation study.
+
+Run a sweep from the command line::
+
+    python -m ablation.run sweeps/blog.yaml --set train.epochs=1
+
+or from Python::
+
+    from ablation import load_sweep, run_sweep
+    summary = run_sweep(load_sweep("sweeps/blog.yaml", overrides=["train.epochs=1"]))
+
+The data flow is the module layout: ``config`` (sweep file) -> ``space``
+(search space) -> ``data`` (tf.data pipeline) -> ``models`` -> ``trial``
+-> ``tracking`` (MLflow) -> ``study`` (Optuna) -> ``run`` (command line).
+"""
+
+from __future__ import annotations
+
+import os
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) says nothing a user can act on.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ablation.config import Choices, Sweep, load_sweep  # noqa: E402
+from ablation.errors import UserError  # noqa: E402
+from ablation.study import StudySummary, TrialOutcome, run_sweep  # noqa: E402
+
+__all__ = [
+    "Choices",
+    "StudySummary",
+    "Sweep",
+    "TrialOutcome",
+    "UserError",
+    "load_sweep",
+    "run_sweep",
+]

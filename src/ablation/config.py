@@ -1,0 +1,314 @@
+"""Sweep files: read the YAML, apply ``--set`` overrides, validate with pydantic.
+
+A sweep file has six sections::
+
+    study:    {name: blog, sampler: grid, seeds: [0]}
+    data:     {source: ../shared/data/cats_and_dogs, image_size: [160, 160], batch_size: 32}
+    train:    {epochs: 20, optimizer: adam, learning_rate: 0.001}
+    model:    {weights: imagenet}
+    space:
+      augment:  {choice: [false, true]}
+      rotation: {choice: [0.1, 0.2], when: {augment: true}}
+    tracking: {experiment: blog}
+
+Example:
+    >>> from ablation.config import load_sweep
+    >>> sweep = load_sweep("sweeps/blog.yaml", overrides=["train.epochs=1"])
+    >>> sweep.train.epochs
+    1
+
+Every factor a ``space`` may name is a field of :class:`Choices`; a factor a
+sweep does not name keeps its default there, so a sweep only lists what it varies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ablation.errors import UserError
+
+Scalar = bool | int | float | str
+
+DEFAULT_OUTPUT_DIR = Path("mlruns")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Choices(_Section):
+    """One point of the design space: what a single trial builds.
+
+    The blog's four models are four points of it::
+
+        model1: backbone=cnn
+        model2: backbone=cnn, augment=true, rotation=0.2
+        model3: backbone=cnn, augment=true, rotation=0.2, preprocess=mobilenet_v2
+        model4: backbone=mobilenet_v2, augment=true, rotation=0.2, preprocess=mobilenet_v2
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: Literal["cnn", "mobilenet_v2"] = "cnn"
+    preprocess: Literal["none", "mobilenet_v2"] = "none"
+    augment: bool = False
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+    rotation: float = Field(0.2, ge=0.0, le=1.0, description="fraction of a full turn")
+
+
+class Param(_Section):
+    """One searched factor: the values to try, and when the factor exists at all."""
+
+    choice: list[Scalar] = Field(min_length=1)
+    when: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+
+    @field_validator("choice")
+    @classmethod
+    def _distinct(cls, values: list[Scalar]) -> list[Scalar]:
+        seen: list[Scalar] = []
+        for value in values:
+            if any(value == s and type(value) is type(s) for s in seen):
+                raise ValueError(f"value {value!r} is listed twice")
+            seen.append(value)
+        return values
+
+    def condition(self, name: str) -> list[Scalar]:
+        """The values of factor ``name`` under which this one is active."""
+        wanted = self.when[name]
+        return wanted if isinstance(wanted, list) else [wanted]
+
+
+class Study(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    sampler: Literal["grid", "tpe", "random"] = "grid"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    trials: PositiveInt | None = Field(
+        None, description="number of trials for tpe/random; a grid runs every point"
+    )
+    pruner: Literal["none", "median"] = "none"
+    storage: str | None = Field(None, description="Optuna storage URL; default under mlruns/")
+
+    @model_validator(mode="after")
+    def _trials_match_sampler(self) -> Study:
+        if self.sampler == "grid" and self.trials is not None:
+            raise ValueError("'trials' is for the tpe and random samplers; a grid runs every point")
+        if self.sampler != "grid" and self.trials is None:
+            raise ValueError(f"sampler {self.sampler!r} needs 'trials: N'")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("'seeds' lists a seed twice")
+        return self
+
+    def storage_url(self) -> str:
+        if self.storage:
+            return self.storage
+        return f"sqlite:///{(DEFAULT_OUTPUT_DIR / 'optuna.db').resolve()}"
+
+
+class Data(_Section):
+    source: str = Field(description="URL of a zip archive, or a local directory")
+    image_size: tuple[PositiveInt, PositiveInt] = (160, 160)
+    batch_size: PositiveInt = 32
+    limit_per_class: PositiveInt | None = None
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+
+
+class Train(_Section):
+    epochs: PositiveInt = 20
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    learning_rate: PositiveFloat = 0.001
+
+
+class Model(_Section):
+    weights: str = Field(
+        "imagenet", description="'imagenet' (Keras's cache or download) or a weights file"
+    )
+    alpha: Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4] = 1.0
+
+
+class Tracking(_Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default under mlruns/")
+    experiment: str | None = None
+
+    def tracking_uri(self) -> str:
+        if self.uri:
+            return self.uri
+        return f"sqlite:///{(DEFAULT_OUTPUT_DIR / 'mlflow.db').resolve()}"
+
+    def artifact_location(self) -> str | None:
+        """Where new experiments keep artifacts: beside a local SQLite store, else the server's."""
+        uri = self.tracking_uri()
+        if uri.startswith("sqlite:///"):
+            return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        return None
+
+
+class Sweep(_Section):
+    study: Study
+    data: Data
+    train: Train = Field(default_factory=Train)
+    model: Model = Field(default_factory=Model)
+    space: dict[str, Param] = Field(min_length=1)
+    tracking: Tracking = Field(default_factory=Tracking)
+
+    @field_validator("space")
+    @classmethod
+    def _known_factors(cls, space: dict[str, Param]) -> dict[str, Param]:
+        allowed = list(Choices.model_fields)
+        for name, param in space.items():
+            if name not in Choices.model_fields:
+                raise ValueError(f"unknown factor {name!r}; allowed: {', '.join(allowed)}")
+            for value in param.choice:
+                _check_value(name, value)
+            for other in param.when:
+                if other == name:
+                    raise ValueError(f"{name}.when names {name} itself")
+                if other not in space:
+                    raise ValueError(
+                        f"{name}.when names {other!r}, which is not in the space; "
+                        f"allowed: {', '.join(n for n in space if n != name)}"
+                    )
+                for value in param.condition(other):
+                    if value not in space[other].choice:
+                        raise ValueError(
+                            f"{name}.when: {other}={value!r} is not one of {other}'s choices "
+                            f"{space[other].choice}"
+                        )
+        return space
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.study.name
+
+
+def _check_value(name: str, value: Scalar) -> None:
+    try:
+        Choices.model_validate({name: value})
+    except ValidationError as exc:
+        raise ValueError(f"{name}: {value!r} is not allowed ({_allowed(name)})") from exc
+
+
+def _allowed(name: str) -> str:
+    field = Choices.model_fields[name]
+    annotation = field.annotation
+    if getattr(annotation, "__origin__", None) is Literal:
+        return "allowed: " + ", ".join(map(str, annotation.__args__))
+    if annotation is bool:
+        return "allowed: true, false"
+    bounds = {type(m).__name__: m for m in field.metadata}
+    text = f"a {annotation.__name__}"
+    if "Ge" in bounds and "Le" in bounds:
+        text += f" from {bounds['Ge'].ge} to {bounds['Le'].le}"
+    return text
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Read, override and validate a sweep file.
+
+    Args:
+        path: The YAML sweep file.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML, so
+            ``train.epochs=1`` sets an int and ``space.augment.choice=[true]`` a list.
+
+    Raises:
+        UserError: One line naming the file, the key and what is allowed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such sweep file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the sweep file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a sweep file is a mapping with sections {_sections()}")
+    for override in overrides:
+        _apply_override(raw, override)
+    try:
+        return Sweep.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{path}: {describe_validation_error(exc)}") from None
+
+
+def _sections() -> str:
+    return ", ".join(Sweep.model_fields)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {override!r}: expected dotted.key=value, e.g. train.epochs=1")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise UserError(f"--set {override!r}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """All of pydantic's errors on one line: ``key: what is wrong (allowed ...)``."""
+    messages = []
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            parent = error["loc"][:-1]
+            allowed = _fields_at(parent)
+            message = f"unknown key {loc!r}; allowed: {', '.join(allowed)}"
+        elif error["type"] == "missing":
+            message = f"{loc}: missing (required)"
+        else:
+            text = error["msg"].removeprefix("Value error, ")
+            got = error.get("input")
+            shown = "" if isinstance(got, dict | list) or error["type"] == "value_error" else (
+                f" (got {got!r})"
+            )
+            message = f"{loc}: {text}{shown}" if loc else f"{text}{shown}"
+        messages.append(message)
+    return "; ".join(messages)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at a location of the sweep file (for "unknown key" messages)."""
+    model: type[BaseModel] = Sweep
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if model is Sweep and part == "space":
+            if not parts:
+                return list(Choices.model_fields)
+            parts.pop(0)
+            model = Param
+            continue
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,160 @@
+"""Model builders: one Keras model per point of the design space.
+
+The model takes raw RGB images (float, 0-255) and stacks, in the blog's order:
+input preprocessing, random augmentation (active only while training), the
+backbone, and a two-logit head::
+
+    >>> from ablation.config import Choices
+    >>> model = build_model(Choices(backbone="cnn", augment=True), image_size=(160, 160),
+    ...                     num_classes=2)
+    >>> [layer.name for layer in model.layers]
+    ['image', 'augmentation', 'conv2d', 'max_pooling2d', ..., 'logits']
+
+Backbones:
+    cnn: the blog's small CNN (three 3x3 convolutions, two max-poolings, dropout, two dense).
+    mobilenet_v2: MobileNetV2 with frozen ImageNet weights (run in inference mode),
+        global max pooling, dropout 0.2, Dense(num_classes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ablation.config import Choices, Model
+from ablation.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
+
+MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+
+
+def build_model(
+    choices: Choices,
+    *,
+    image_size: tuple[int, int],
+    num_classes: int,
+    model: Model | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """Build (not compile) the model of one configuration.
+
+    Args:
+        choices: The configuration.
+        image_size: Height and width of the input images.
+        num_classes: Number of output logits.
+        model: Backbone weights and width (MobileNetV2 only).
+        seed: Seed of the augmentation layers.
+    """
+    import keras
+    from keras import layers
+
+    model = model or Model()
+    inputs = keras.Input(shape=(*image_size, 3), name="image")
+    x = inputs
+    if choices.preprocess == "mobilenet_v2":
+        # Exactly keras.applications.mobilenet_v2.preprocess_input (x / 127.5 - 1) as a layer.
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_mobilenet_v2")(x)
+    if choices.augment:
+        x = augmentation(choices, seed=seed)(x)
+    if choices.backbone == "cnn":
+        x = layers.Conv2D(32, 3, activation="relu", name="conv2d")(x)
+        x = layers.MaxPooling2D(name="max_pooling2d")(x)
+        x = layers.Conv2D(32, 3, activation="relu", name="conv2d_1")(x)
+        x = layers.MaxPooling2D(name="max_pooling2d_1")(x)
+        x = layers.Conv2D(64, 3, activation="relu", name="conv2d_2")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dropout(0.2, seed=seed, name="dropout")(x)
+        x = layers.Dense(64, activation="relu", name="dense")(x)
+    else:
+        base = mobilenet_v2_base(image_size, model)
+        x = base(x, training=False)
+        x = layers.GlobalMaxPooling2D(name="global_max_pooling2d")(x)
+        x = layers.Dropout(0.2, seed=seed, name="dropout")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=choices.backbone)
+
+
+def augmentation(choices: Choices, seed: int | None = None) -> keras.Sequential:
+    """The blog's augmentation: a random flip, then a random rotation."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip(choices.flip, seed=seed, name="random_flip"),
+            layers.RandomRotation(choices.rotation, seed=seed, name="random_rotation"),
+        ],
+        name="augmentation",
+    )
+
+
+def mobilenet_v2_base(image_size: tuple[int, int], model: Model) -> keras.Model:
+    """MobileNetV2 without its top, weights loaded and frozen.
+
+    Raises:
+        UserError: The weights file is missing, cannot be downloaded, or does not fit.
+    """
+    import keras
+
+    weights = model.weights
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise UserError(f"model.weights: {weights!r} is not a file (allowed: imagenet or a path)")
+    if weights == "imagenet" and image_size[0] != image_size[1]:
+        raise UserError(
+            f"data.image_size {list(image_size)}: MobileNetV2's ImageNet weights need square "
+            f"images (one of {', '.join(map(str, MOBILENET_V2_SIZES))})"
+        )
+    try:
+        base = keras.applications.MobileNetV2(
+            input_shape=(*image_size, 3), include_top=False, weights=weights, alpha=model.alpha
+        )
+    except ValueError as exc:
+        raise UserError(f"model.weights: {weights!r} does not fit MobileNetV2 ({exc})") from None
+    except Exception as exc:  # get_file raises a bare Exception when the download fails
+        raise UserError(
+            f"model.weights: cannot load MobileNetV2 ImageNet weights ({str(exc).splitlines()[0]}); "
+            f"offline, set KERAS_HOME to a folder with models/{imagenet_weights_file(image_size, model)}"
+            " or set model.weights to a weights file"
+        ) from None
+    base.trainable = False
+    return base
+
+
+def imagenet_weights_file(image_size: tuple[int, int], model: Model) -> str:
+    """The file name Keras caches MobileNetV2's ImageNet weights under."""
+    rows = image_size[0] if image_size[0] in MOBILENET_V2_SIZES else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{model.alpha}_{rows}_no_top.h5"
+
+
+def weights_fingerprint(image_size: tuple[int, int], model: Model) -> str:
+    """A short hash of the backbone's weights file, so results say what they stand on."""
+    if model.weights == "imagenet":
+        keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        path = Path(keras_home) / "models" / imagenet_weights_file(image_size, model)
+        if not path.is_file():  # Keras falls back to /tmp when the home is not writable
+            path = Path("/tmp/.keras/models") / imagenet_weights_file(image_size, model)
+    else:
+        path = Path(model.weights)
+    if not path.is_file():
+        return "unknown"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def compile_model(model: keras.Model, optimizer: str, learning_rate: float) -> None:
+    """Compile with the blog's loss (from logits, integer labels) and accuracy."""
+    import keras
+
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    model.compile(
+        optimizer=optimizers[optimizer](learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )

@@ -1,0 +1,144 @@
+"""Command line: run (or continue) a sweep.
+
+Usage::
+
+    python -m ablation.run sweeps/blog.yaml
+    python -m ablation.run sweeps/blog.yaml --set data.source=../shared/data/cats_and_dogs \\
+        --set data.limit_per_class=20 --set train.epochs=1
+    python -m ablation.run sweeps/blog.yaml --dry-run
+
+Running the same command again continues the study: finished trials are kept.
+Exit codes: 0 done, 1 some trials failed, 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from ablation.config import Sweep, load_sweep
+from ablation.errors import UserError
+from ablation.study import StudySummary, TrialOutcome, plan, run_sweep
+
+
+class ConsoleReporter:
+    """One line per trial start, per epoch and per trial end; plain text when piped."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.started = time.monotonic()
+        self.trial_started_at = self.started
+        self.prefix = ""
+
+    def trial_started(self, index: int, total: int, label: str) -> None:
+        self.trial_started_at = time.monotonic()
+        self.prefix = f"trial {index + 1}/{total} {label}"
+        self.console.print(f"[bold]{self.prefix}[/bold]", highlight=False)
+
+    def epoch_ended(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        elapsed = time.monotonic() - self.trial_started_at
+        eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
+        self.console.print(
+            f"  epoch {epoch + 1}/{epochs}  loss {metrics.get('loss', float('nan')):.4f}  "
+            f"acc {metrics.get('accuracy', float('nan')):.3f}  "
+            f"val_acc {metrics.get('val_accuracy', float('nan')):.3f}  "
+            f"({elapsed:.0f}s, ~{eta:.0f}s left in trial)",
+            highlight=False,
+        )
+
+    def trial_ended(self, outcome: TrialOutcome, best: TrialOutcome | None) -> None:
+        if outcome.state == "COMPLETE":
+            text = (f"  done: val_acc {outcome.val_accuracy:.3f}  test_acc "
+                    f"{outcome.test_accuracy:.3f}  in {outcome.seconds:.0f}s")
+        elif outcome.state == "PRUNED":
+            text = f"  pruned after {outcome.epochs_run} epoch(s)"
+        else:
+            text = f"  [red]failed[/red]: {outcome.error}"
+        if best is not None:
+            text += f"  | best so far: {best.label} val_acc {best.val_accuracy:.3f}"
+        self.console.print(text, highlight=False)
+
+
+def summary_table(summary: StudySummary) -> Table:
+    from ablation.space import blog_name
+
+    table = Table(title=f"study {summary.study_name}: this run's trials, best validation first")
+    for column in ("trial", "configuration", "blog", "state", "epochs", "val_acc", "test_acc",
+                   "seconds"):
+        table.add_column(column, justify="right" if column not in ("configuration",) else "left")
+    ordered = sorted(summary.outcomes, key=lambda o: -(o.val_accuracy or -1.0))
+    for o in ordered:
+        table.add_row(
+            str(o.number),
+            o.label,
+            blog_name(o.params) or "",
+            o.state,
+            str(o.epochs_run),
+            f"{o.val_accuracy:.3f}" if o.val_accuracy is not None else "-",
+            f"{o.test_accuracy:.3f}" if o.test_accuracy is not None else "-",
+            f"{o.seconds:.0f}",
+        )
+    return table
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablation.run", description="Run (or continue) an ablation sweep."
+    )
+    parser.add_argument("sweep", help="the sweep file (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a key of the sweep file (repeatable)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate and print the plan without training")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+    )
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        sweep: Sweep = load_sweep(args.sweep, args.overrides)
+        if args.dry_run:
+            for line in plan(sweep):
+                console.print(line, highlight=False, markup=False)
+            return 0
+        for line in plan(sweep)[:1]:
+            console.print(line, highlight=False, markup=False)
+        summary = run_sweep(sweep, ConsoleReporter(console))
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume the study", file=sys.stderr)
+        return 130
+    if summary.already_done:
+        console.print(f"{summary.already_done} of {summary.planned} trial(s) were already done "
+                      "in an earlier run and were kept", highlight=False)
+    if summary.outcomes:
+        console.print(summary_table(summary))
+    else:
+        console.print("nothing to run: every trial of this study is already done", highlight=False)
+    console.print(f"MLflow: {sweep.tracking.tracking_uri()}  experiment "
+                  f"{sweep.experiment_name!r}  parent run {summary.parent_run_id}", highlight=False)
+    failed = sum(o.state == "FAIL" for o in summary.outcomes)
+    if failed:
+        print(f"error: {failed} trial(s) failed; their errors are on their MLflow runs; "
+              "run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

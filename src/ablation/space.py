@@ -1,0 +1,140 @@
+"""The search space: conditional factors, grid enumeration, Optuna suggestions.
+
+A factor with ``when: {augment: true}`` exists only in configurations where
+``augment`` is true; elsewhere it is absent (not set to a dummy value), both in
+the grid and in the parameters Optuna records.
+
+Example:
+    >>> from ablation.config import Param
+    >>> space = {
+    ...     "augment": Param(choice=[False, True]),
+    ...     "rotation": Param(choice=[0.1, 0.2], when={"augment": True}),
+    ... }
+    >>> grid(space)
+    [{'augment': False}, {'augment': True, 'rotation': 0.1}, {'augment': True, 'rotation': 0.2}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ablation.config import Choices, Param, Scalar
+from ablation.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+Params = dict[str, Scalar]
+
+
+def ordered(space: Mapping[str, Param]) -> list[str]:
+    """Factor names with every factor after those its ``when`` depends on.
+
+    Raises:
+        UserError: If the ``when`` conditions form a cycle.
+    """
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            raise UserError(f"space: the 'when' conditions of {name!r} form a cycle")
+        visiting.add(name)
+        for parent in space[name].when:
+            visit(parent)
+        visiting.discard(name)
+        order.append(name)
+
+    for name in space:
+        visit(name)
+    return order
+
+
+def is_active(param: Param, params: Mapping[str, Scalar]) -> bool:
+    """Whether a factor exists given the values already chosen for its parents."""
+    return all(
+        name in params and _matches(params[name], param.condition(name)) for name in param.when
+    )
+
+
+def _matches(value: Scalar, allowed: list[Scalar]) -> bool:
+    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
+
+
+def grid(space: Mapping[str, Param]) -> list[Params]:
+    """Every configuration of the space, each once, in a stable order."""
+    names = ordered(space)
+    points: list[Params] = []
+
+    def expand(index: int, params: Params) -> None:
+        if index == len(names):
+            points.append({name: params[name] for name in space if name in params})
+            return
+        name = names[index]
+        if not is_active(space[name], params):
+            expand(index + 1, params)
+            return
+        for value in space[name].choice:
+            expand(index + 1, {**params, name: value})
+
+    expand(0, {})
+    return points
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> Params:
+    """Ask Optuna for a value of every factor that is active in this trial."""
+    params: Params = {}
+    for name in ordered(space):
+        if is_active(space[name], params):
+            params[name] = trial.suggest_categorical(name, space[name].choice)
+    return {name: params[name] for name in space if name in params}
+
+
+def choices(params: Mapping[str, Any]) -> Choices:
+    """The full trial configuration: the searched values over the defaults."""
+    return Choices.model_validate(dict(params))
+
+
+def label(params: Mapping[str, Any], seed: int | None = None) -> str:
+    """A short name for a configuration, e.g. ``cnn+aug(0.2)+prep s0``."""
+    config = choices(params)
+    parts = [config.backbone]
+    if config.augment:
+        flip = "" if config.flip == "horizontal" else f",{config.flip}"
+        parts.append(f"aug({config.rotation:g}{flip})")
+    if config.preprocess != "none":
+        parts.append("prep")
+    name = "+".join(parts)
+    return name if seed is None else f"{name} s{seed}"
+
+
+BLOG_MODELS: dict[str, Params] = {
+    "model1": {"backbone": "cnn", "augment": False, "preprocess": "none"},
+    "model2": {"backbone": "cnn", "augment": True, "rotation": 0.2, "preprocess": "none"},
+    "model3": {"backbone": "cnn", "augment": True, "rotation": 0.2, "preprocess": "mobilenet_v2"},
+    "model4": {
+        "backbone": "mobilenet_v2",
+        "augment": True,
+        "rotation": 0.2,
+        "preprocess": "mobilenet_v2",
+    },
+}
+
+
+def blog_name(params: Mapping[str, Any]) -> str | None:
+    """``model1``..``model4`` when a configuration is one of the blog's four models."""
+    config = _effective(choices(params))
+    for name, blog_params in BLOG_MODELS.items():
+        if _effective(choices(blog_params)) == config:
+            return name
+    return None
+
+
+def _effective(config: Choices) -> Choices:
+    """The configuration with settings that do nothing (rotation without augmentation) reset."""
+    if config.augment:
+        return config
+    return config.model_copy(update={"flip": "horizontal", "rotation": 0.2})

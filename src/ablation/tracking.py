@@ -1,0 +1,146 @@
+"""MLflow records: one experiment per study, a parent run per study, a child run per trial.
+
+Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (never
+the global active run), so trials running side by side cannot cross their records.
+
+A trial's run holds its choices and identity (seed, epochs, dataset and weights
+hashes) as params, the per-epoch ``accuracy``, ``loss``, ``val_accuracy``,
+``val_loss`` (``step`` = epoch), the final ``test_accuracy``/``test_loss``, and
+two artifacts: ``accuracy_curves.png`` and ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ablation.config import Tracking
+from ablation.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
+    from matplotlib.figure import Figure
+
+ROLE_TAG = "ablation.role"
+STUDY_TAG = "ablation.study"
+STATE_TAG = "ablation.state"
+TRIAL_TAG = "ablation.trial"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class Tracker:
+    """The MLflow side of one study.
+
+    Args:
+        tracking: The sweep's ``tracking`` section.
+        experiment: The experiment's name; created (artifacts beside a local store) if new.
+
+    Raises:
+        UserError: The tracking URI cannot be opened.
+    """
+
+    def __init__(self, tracking: Tracking, experiment: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = tracking.tracking_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=tracking.artifact_location()
+                )
+            else:
+                self.experiment_id = found.experiment_id
+        except Exception as exc:  # MLflow raises many kinds for a bad or unreachable store
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"tracking.uri: cannot open MLflow store {self.uri!r} ({message})") from None
+
+    def study_run(self, study_name: str, params: Mapping[str, Any], sweep_yaml: str) -> str:
+        """The study's parent run: found again on a re-run, created the first time."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study_name}'",
+            max_results=1,
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=study_name,
+                tags={ROLE_TAG: "study", STUDY_TAG: study_name},
+            )
+            run_id = run.info.run_id
+            self._log_params(run_id, params)
+        self.client.log_text(run_id, sweep_yaml, "sweep.yaml")
+        return run_id
+
+    def end_study(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def start_trial(
+        self, parent_id: str, *, study_name: str, number: int, name: str, params: Mapping[str, Any]
+    ) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={
+                PARENT_TAG: parent_id,
+                ROLE_TAG: "trial",
+                STUDY_TAG: study_name,
+                TRIAL_TAG: str(number),
+                STATE_TAG: "RUNNING",
+            },
+        )
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        )
+
+    def finish_trial(
+        self,
+        run_id: str,
+        *,
+        metrics: Mapping[str, float],
+        figure: Figure | None = None,
+        model: keras.Model | None = None,
+        state: str = "COMPLETE",
+    ) -> None:
+        """Log the final metrics and artifacts, then end the run as FINISHED."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        if figure is not None:
+            self.client.log_figure(run_id, figure, "accuracy_curves.png")
+        if model is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.keras"
+                model.save(path)
+                self.client.log_artifact(run_id, str(path))
+        self.client.set_tag(run_id, STATE_TAG, state)
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_trial(self, run_id: str, error: str, status: str = "FAILED") -> None:
+        """End a trial's run as FAILED (or KILLED) with the error message as a tag."""
+        self.client.set_tag(run_id, "error", error[:5000])
+        self.client.set_tag(run_id, STATE_TAG, "FAIL")
+        self.client.set_terminated(run_id, status=status)
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
