@@ -287,8 +287,10 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             text = error["msg"].removeprefix("Value error, ")
             got = error.get("input")
-            shown = "" if isinstance(got, dict | list) or error["type"] == "value_error" else (
-                f" (got {got!r})"
+            shown = (
+                ""
+                if isinstance(got, dict | list) or error["type"] == "value_error"
+                else (f" (got {got!r})")
             )
             message = f"{loc}: {text}{shown}" if loc else f"{text}{shown}"
         messages.append(message)

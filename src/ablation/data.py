@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ablation.config import Data
-from ablation.errors import UserError
+from ablation.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,9 @@ def _download(url: str, cache_dir: str | None) -> Path:
     name = Path(urllib.parse.urlparse(url).path).name or "dataset.zip"
     stem = name.split(".")[0]
     try:
-        extracted = keras.utils.get_file(
-            fname=stem, origin=url, extract=True, cache_dir=cache_dir
-        )
+        extracted = keras.utils.get_file(fname=stem, origin=url, extract=True, cache_dir=cache_dir)
     except Exception as exc:  # get_file wraps network failures in a bare Exception
-        reason = getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        reason = getattr(exc, "reason", None) or first_line(exc)
         raise UserError(f"data.source: cannot download {url} ({reason})") from None
     return _find_root(Path(extracted), url)
 
@@ -153,8 +151,9 @@ def list_images(root: Path, limit_per_class: int | None = None) -> Listing:
             )
         files[split] = []
         for label, name in enumerate(class_names):
-            entries = sorted((p for p in (root / split / name).iterdir() if p.is_file()),
-                             key=_natural_key)
+            entries = sorted(
+                (p for p in (root / split / name).iterdir() if p.is_file()), key=_natural_key
+            )
             images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
             skipped += [p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS]
             if not images:
@@ -225,8 +224,13 @@ def load_images(config: Data) -> Images:
     """
     root = resolve_source(config.source)
     listing = list_images(root, config.limit_per_class)
-    key = (str(root), listing.fingerprint(), config.image_size, config.test_fraction,
-           config.split_seed)
+    key = (
+        str(root),
+        listing.fingerprint(),
+        config.image_size,
+        config.test_fraction,
+        config.split_seed,
+    )
     if key in _CACHE:
         return _CACHE[key]
 
@@ -242,7 +246,7 @@ def load_images(config: Data) -> Images:
         names = ", ".join(str(p.relative_to(root)) for p in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         log.warning("skipped %d file(s) that are not readable images: %s%s", len(bad), names, more)
-    for split, (x, y) in arrays.items():
+    for split, (_, y) in arrays.items():
         missing = [n for i, n in enumerate(listing.class_names) if not np.any(y == i)]
         if missing:
             raise UserError(f"data: no readable images of class {missing[0]!r} in {split}/")

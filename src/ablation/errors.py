@@ -11,3 +11,9 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A mistake in the user's input, reported as one line and exit code 2."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablation.config import Choices, Model
-from ablation.errors import UserError
+from ablation.errors import UserError, first_line
 
 if TYPE_CHECKING:
     import keras
@@ -115,9 +115,10 @@ def mobilenet_v2_base(image_size: tuple[int, int], model: Model) -> keras.Model:
     except ValueError as exc:
         raise UserError(f"model.weights: {weights!r} does not fit MobileNetV2 ({exc})") from None
     except Exception as exc:  # get_file raises a bare Exception when the download fails
+        cached = imagenet_weights_file(image_size, model)
         raise UserError(
-            f"model.weights: cannot load MobileNetV2 ImageNet weights ({str(exc).splitlines()[0]}); "
-            f"offline, set KERAS_HOME to a folder with models/{imagenet_weights_file(image_size, model)}"
+            f"model.weights: cannot load MobileNetV2 ImageNet weights ({first_line(exc)}); "
+            f"offline, set KERAS_HOME to a folder with models/{cached}"
             " or set model.weights to a weights file"
         ) from None
     base.trainable = False

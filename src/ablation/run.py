@@ -53,8 +53,10 @@ class ConsoleReporter:
 
     def trial_ended(self, outcome: TrialOutcome, best: TrialOutcome | None) -> None:
         if outcome.state == "COMPLETE":
-            text = (f"  done: val_acc {outcome.val_accuracy:.3f}  test_acc "
-                    f"{outcome.test_accuracy:.3f}  in {outcome.seconds:.0f}s")
+            text = (
+                f"  done: val_acc {outcome.val_accuracy:.3f}  test_acc "
+                f"{outcome.test_accuracy:.3f}  in {outcome.seconds:.0f}s"
+            )
         elif outcome.state == "PRUNED":
             text = f"  pruned after {outcome.epochs_run} epoch(s)"
         else:
@@ -68,8 +70,16 @@ def summary_table(summary: StudySummary) -> Table:
     from ablation.space import blog_name
 
     table = Table(title=f"study {summary.study_name}: this run's trials, best validation first")
-    for column in ("trial", "configuration", "blog", "state", "epochs", "val_acc", "test_acc",
-                   "seconds"):
+    for column in (
+        "trial",
+        "configuration",
+        "blog",
+        "state",
+        "epochs",
+        "val_acc",
+        "test_acc",
+        "seconds",
+    ):
         table.add_column(column, justify="right" if column not in ("configuration",) else "left")
     ordered = sorted(summary.outcomes, key=lambda o: -(o.val_accuracy or -1.0))
     for o in ordered:
@@ -91,10 +101,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m ablation.run", description="Run (or continue) an ablation sweep."
     )
     parser.add_argument("sweep", help="the sweep file (YAML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a key of the sweep file (repeatable)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate and print the plan without training")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep file (repeatable)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate and print the plan without training"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return parser.parse_args(argv)
 
@@ -105,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s: %(message)s",
     )
-    console = Console(highlight=False, soft_wrap=True)
+    # Piped output (CI logs) gets a wide plain table instead of rich's 80-column default.
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
         sweep: Sweep = load_sweep(args.sweep, args.overrides)
         if args.dry_run:
@@ -124,18 +142,27 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; run the same command again to resume the study", file=sys.stderr)
         return 130
     if summary.already_done:
-        console.print(f"{summary.already_done} of {summary.planned} trial(s) were already done "
-                      "in an earlier run and were kept", highlight=False)
+        console.print(
+            f"{summary.already_done} of {summary.planned} trial(s) were already done "
+            "in an earlier run and were kept",
+            highlight=False,
+        )
     if summary.outcomes:
         console.print(summary_table(summary))
     else:
         console.print("nothing to run: every trial of this study is already done", highlight=False)
-    console.print(f"MLflow: {sweep.tracking.tracking_uri()}  experiment "
-                  f"{sweep.experiment_name!r}  parent run {summary.parent_run_id}", highlight=False)
+    console.print(
+        f"MLflow: {sweep.tracking.tracking_uri()}  experiment "
+        f"{sweep.experiment_name!r}  parent run {summary.parent_run_id}",
+        highlight=False,
+    )
     failed = sum(o.state == "FAIL" for o in summary.outcomes)
     if failed:
-        print(f"error: {failed} trial(s) failed; their errors are on their MLflow runs; "
-              "run the same command again to retry them", file=sys.stderr)
+        print(
+            f"error: {failed} trial(s) failed; their errors are on their MLflow runs; "
+            "run the same command again to retry them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

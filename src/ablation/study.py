@@ -29,13 +29,14 @@ import yaml
 
 from ablation import space as search_space
 from ablation.config import Sweep
-from ablation.errors import UserError
+from ablation.errors import UserError, first_line
 from ablation.space import Params
 
 if TYPE_CHECKING:
     import optuna
 
     from ablation.data import Images
+    from ablation.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ class SilentReporter:
 
 def grid_points(sweep: Sweep) -> list[tuple[Params, int]]:
     """Every (configuration, seed) pair a grid study runs, each once."""
-    return [(params, seed) for params in search_space.grid(sweep.space) for seed in sweep.study.seeds]
+    return [
+        (params, seed) for params in search_space.grid(sweep.space) for seed in sweep.study.seeds
+    ]
 
 
 def point_key(params: Params, seed: int) -> str:
@@ -129,8 +132,9 @@ def _format_params(params: Params) -> str:
 
 def open_study(sweep: Sweep) -> optuna.Study:
     """Create or load the sweep's study in its persistent storage."""
-    import optuna
     from pathlib import Path
+
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = sweep.study.storage_url()
@@ -143,7 +147,9 @@ def open_study(sweep: Sweep) -> optuna.Study:
     else:  # a grid's points are all enqueued, so its sampler never picks a value
         sampler = optuna.samplers.RandomSampler(seed=seed)
     pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner() if sweep.study.pruner == "median" else optuna.pruners.NopPruner()
+        optuna.pruners.MedianPruner()
+        if sweep.study.pruner == "median"
+        else optuna.pruners.NopPruner()
     )
     try:
         return optuna.create_study(
@@ -155,8 +161,9 @@ def open_study(sweep: Sweep) -> optuna.Study:
             load_if_exists=True,
         )
     except Exception as exc:  # SQLAlchemy and Optuna raise many kinds for a bad URL
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"study.storage: cannot open Optuna storage {url!r} ({message})") from None
+        raise UserError(
+            f"study.storage: cannot open Optuna storage {url!r} ({first_line(exc)})"
+        ) from None
 
 
 def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
@@ -166,7 +173,6 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         UserError: Bad data, weights, storage or tracking URI; found before any training.
         KeyboardInterrupt: After recording the interrupted trial as failed.
     """
-    import optuna
 
     from ablation.data import load_images
     from ablation.models import weights_fingerprint
@@ -192,12 +198,17 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         "n_val": len(images.y_val),
         "n_test": len(images.y_test),
     }
+    weights: dict[str, Any] = {}
     if uses_mobilenet:
-        identity["weights"] = sweep.model.weights
-        identity["weights_sha256"] = weights_fingerprint(sweep.data.image_size, sweep.model)
+        weights = {
+            "weights": sweep.model.weights,
+            "alpha": sweep.model.alpha,
+            "weights_sha256": weights_fingerprint(sweep.data.image_size, sweep.model),
+        }
     sweep_yaml = yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False)
     parent_id = tracker.study_run(
-        sweep.study.name, {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity},
+        sweep.study.name,
+        {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},
         sweep_yaml,
     )
 
@@ -213,14 +224,14 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         to_run = max(planned - len(finished), 0)
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
 
+    context = _Context(sweep, images, tracker, parent_id, identity, weights, reporter)
     status = "FINISHED"
     try:
         for index in range(to_run):
             if sweep.study.sampler == "grid" and not _has_waiting(study):
                 break
             trial = study.ask()
-            outcome = _run_trial(trial, sweep, images, tracker, parent_id, identity, reporter,
-                                 index, to_run)
+            outcome = _run_trial(trial, context, index, to_run)
             summary.outcomes.append(outcome)
             reporter.trial_ended(outcome, summary.best)
     except BaseException:
@@ -231,22 +242,26 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
     return summary
 
 
-def _run_trial(
-    trial: optuna.Trial,
-    sweep: Sweep,
-    images: Images,
-    tracker: Any,
-    parent_id: str,
-    identity: dict[str, Any],
-    reporter: Reporter,
-    index: int,
-    total: int,
-) -> TrialOutcome:
+@dataclass
+class _Context:
+    """What every trial of one invocation shares."""
+
+    sweep: Sweep
+    images: Images
+    tracker: Tracker
+    parent_id: str
+    identity: dict[str, Any]  # params every trial run records
+    weights: dict[str, Any]  # params of the trials with a pretrained backbone
+    reporter: Reporter
+
+
+def _run_trial(trial: optuna.Trial, context: _Context, index: int, total: int) -> TrialOutcome:
     import optuna
 
     from ablation.plots import accuracy_curves
     from ablation.trial import train
 
+    sweep, tracker, reporter = context.sweep, context.tracker, context.reporter
     params = search_space.suggest(trial, sweep.space)
     seed = trial.user_attrs.get("seed")
     if seed is None:
@@ -254,13 +269,19 @@ def _run_trial(
         trial.set_user_attr("seed", seed)
     label = search_space.label(params, seed)
     outcome = TrialOutcome(trial.number, label, params, seed, state="FAIL")
+    choices = search_space.choices(params)
     reporter.trial_started(index, total, label)
     run_id = tracker.start_trial(
-        parent_id,
+        context.parent_id,
         study_name=sweep.study.name,
         number=trial.number,
         name=label,
-        params={**params, "seed": seed, **identity},
+        params={
+            **params,
+            "seed": seed,
+            **context.identity,
+            **(context.weights if choices.backbone == "mobilenet_v2" else {}),
+        },
     )
     outcome.run_id = run_id
     trial.set_user_attr("mlflow_run_id", run_id)
@@ -277,8 +298,7 @@ def _run_trial(
 
     study = trial.study
     try:
-        result = train(search_space.choices(params), seed=seed, sweep=sweep, images=images,
-                       on_epoch=on_epoch)
+        result = train(choices, seed=seed, sweep=sweep, images=context.images, on_epoch=on_epoch)
     except optuna.TrialPruned:
         outcome.state = "PRUNED"
         tracker.finish_trial(run_id, metrics={"epochs_run": outcome.epochs_run}, state="PRUNED")

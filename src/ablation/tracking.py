@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablation.config import Tracking
-from ablation.errors import UserError
+from ablation.errors import UserError, first_line
 
 if TYPE_CHECKING:
     import keras
@@ -58,8 +58,9 @@ class Tracker:
             else:
                 self.experiment_id = found.experiment_id
         except Exception as exc:  # MLflow raises many kinds for a bad or unreachable store
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"tracking.uri: cannot open MLflow store {self.uri!r} ({message})") from None
+            raise UserError(
+                f"tracking.uri: cannot open MLflow store {self.uri!r} ({first_line(exc)})"
+            ) from None
 
     def study_run(self, study_name: str, params: Mapping[str, Any], sweep_yaml: str) -> str:
         """The study's parent run: found again on a re-run, created the first time."""
@@ -123,7 +124,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        )
         if figure is not None:
             self.client.log_figure(run_id, figure, "accuracy_curves.png")
         if model is not None:

@@ -78,9 +78,13 @@ def train(
     batch_size = sweep.data.batch_size
     callbacks: list[Any] = []
     if on_epoch is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: on_epoch(epoch, {k: float(v) for k, v in logs.items()})
-        ))
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch(
+                    epoch, {k: float(v) for k, v in logs.items()}
+                )
+            )
+        )
     history = model.fit(
         train_dataset(images, batch_size, seed),
         validation_data=eval_dataset(images.x_val, images.y_val, batch_size),
