@@ -99,6 +99,8 @@ def resolve_source(source: str, cache_dir: str | None = None) -> Path:
 def _download(url: str, cache_dir: str | None) -> Path:
     import keras
 
+    if cache_dir is not None:  # get_file falls back to /tmp/.keras when the folder is missing
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
     name = Path(urllib.parse.urlparse(url).path).name or "dataset.zip"
     stem = name.split(".")[0]
     try:

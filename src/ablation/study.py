@@ -138,8 +138,6 @@ def open_study(sweep: Sweep) -> optuna.Study:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = sweep.study.storage_url()
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     seed = sweep.study.seeds[0]
     sampler: optuna.samplers.BaseSampler
     if sweep.study.sampler == "tpe":
@@ -152,6 +150,8 @@ def open_study(sweep: Sweep) -> optuna.Study:
         else optuna.pruners.NopPruner()
     )
     try:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return optuna.create_study(
             study_name=sweep.study.name,
             storage=url,

@@ -90,6 +90,7 @@ def train(
         validation_data=eval_dataset(images.x_val, images.y_val, batch_size),
         epochs=sweep.train.epochs,
         callbacks=callbacks,
+        shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
     ).history
     test = model.evaluate(

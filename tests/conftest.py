@@ -1,0 +1,62 @@
+"""Shared fixtures: real photos and real weights from ../shared, copied into tmp dirs.
+
+``../shared`` (or ``$ABLATION_SHARED``) holds the blog's data layout and Keras's
+weight cache. Keras reads ``KERAS_HOME`` when it is imported, so it is set here,
+before any test imports Keras, to a writable copy of the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ABLATION_SHARED", REPO.parent / "shared")).resolve()
+CATS_AND_DOGS = SHARED / "data" / "cats_and_dogs"
+WEIGHTS = SHARED / "weights" / "keras" / "models"
+SMALL_WEIGHTS = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+if not CATS_AND_DOGS.is_dir() or not WEIGHTS.is_dir():
+    raise pytest.UsageError(
+        f"the tests need the shared data and weights at {SHARED} "
+        "(set ABLATION_SHARED to the folder holding data/ and weights/)"
+    )
+
+_KERAS_HOME = Path(tempfile.mkdtemp(prefix="ablation-keras-home-"))
+shutil.copytree(WEIGHTS, _KERAS_HOME / "models")
+os.environ["KERAS_HOME"] = str(_KERAS_HOME)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def copy_images(
+    dest: Path, per_class: int, splits: tuple[str, ...] = ("train", "validation")
+) -> Path:
+    """Copy the first ``per_class`` real photos of each class and split into ``dest``."""
+    for split in splits:
+        for class_dir in sorted((CATS_AND_DOGS / split).iterdir()):
+            target = dest / split / class_dir.name
+            target.mkdir(parents=True)
+            files = sorted(class_dir.iterdir(), key=lambda p: int(p.name.split(".")[1]))
+            for path in files[:per_class]:
+                shutil.copy(path, target / path.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real photos per class in train/ and validation/ (read-only by convention)."""
+    return copy_images(tmp_path_factory.mktemp("data") / "cats_and_dogs", per_class=12)
+
+
+@pytest.fixture(scope="session")
+def keras_home() -> Path:
+    return _KERAS_HOME
+
+
+def write_sweep(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ablation.config import Choices, load_sweep
+from ablation.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+BLOG = REPO / "sweeps" / "blog.yaml"
+
+MINIMAL = """
+study: {name: s}
+data: {source: /data}
+space:
+  backbone: {choice: [cnn]}
+"""
+
+
+def sweep_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path, overrides: list[str] | None = None) -> str:
+    with pytest.raises(UserError) as info:
+        load_sweep(path, overrides or [])
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_blog_sweep_is_the_blog_setting() -> None:
+    sweep = load_sweep(BLOG)
+    assert sweep.study.sampler == "grid" and sweep.study.seeds == [0]
+    assert sweep.data.image_size == (160, 160) and sweep.data.batch_size == 32
+    assert (sweep.train.optimizer, sweep.train.epochs) == ("adam", 20)
+    assert sweep.data.source.endswith("cats_and_dogs_filtered.zip")
+    assert set(sweep.space) == {"augment", "rotation", "preprocess", "backbone"}
+    assert sweep.space["rotation"].when == {"augment": True}
+
+
+def test_defaults_fill_unnamed_sections(tmp_path: Path) -> None:
+    sweep = load_sweep(sweep_file(tmp_path, MINIMAL))
+    assert sweep.train.epochs == 20 and sweep.model.weights == "imagenet"
+    assert sweep.experiment_name == "s"
+    assert sweep.tracking.tracking_uri().startswith("sqlite:///")
+    assert sweep.tracking.tracking_uri().endswith("mlruns/mlflow.db")
+    assert sweep.study.storage_url().endswith("mlruns/optuna.db")
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
+    sweep = load_sweep(
+        BLOG,
+        [
+            "train.epochs=1",
+            "data.source=../shared/data/cats_and_dogs",
+            "data.limit_per_class=20",
+            "space.augment.choice=[true]",
+            "study.seeds=[1, 2]",
+            "tracking.uri=sqlite:///x.db",
+        ],
+    )
+    assert sweep.train.epochs == 1
+    assert sweep.data.source == "../shared/data/cats_and_dogs"
+    assert sweep.data.limit_per_class == 20
+    assert sweep.space["augment"].choice == [True]
+    assert sweep.study.seeds == [1, 2]
+    assert sweep.tracking.tracking_uri() == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["train.epochz=1"],
+            "unknown key 'train.epochz'; allowed: epochs, optimizer, learning_rate",
+        ),
+        (["train.epochs=many"], "train.epochs: Input should be a valid integer"),
+        (["train.epochs=0"], "train.epochs: Input should be greater than 0"),
+        (
+            ["train.optimizer=adagrad"],
+            "train.optimizer: Input should be 'adam', 'sgd' or 'rmsprop'",
+        ),
+        (["study.sampler=bayes"], "study.sampler: Input should be 'grid', 'tpe' or 'random'"),
+        (["study.pruner=hyperband"], "study.pruner: Input should be 'none' or 'median'"),
+        (["study.sampler=tpe"], "sampler 'tpe' needs 'trials: N'"),
+        (["study.trials=3"], "'trials' is for the tpe and random samplers"),
+        (
+            ["space.backbone.choice=[resnet50]"],
+            "'resnet50' is not allowed (allowed: cnn, mobilenet_v2)",
+        ),
+        (["space.rotation.choice=[2.0]"], "rotation: 2.0 is not allowed (a float from 0.0 to 1.0)"),
+        (["space.augment.choice=[]"], "space.augment.choice: List should have at least 1 item"),
+        (["space.augment.choice=[true, true]"], "value True is listed twice"),
+        (["space.depth.choice=[1]"], "unknown factor 'depth'; allowed: backbone, preprocess"),
+        (
+            ["space.rotation.when={flip: true}"],
+            "rotation.when names 'flip', which is not in the space",
+        ),
+        (
+            ["space.rotation.when={augment: maybe}"],
+            "augment='maybe' is not one of augment's choices",
+        ),
+        (
+            ["space.augment.choise=[true]"],
+            "unknown key 'space.augment.choise'; allowed: choice, when",
+        ),
+        (["data.image_size=[160]"], "data.image_size"),
+        (["data.test_fraction=1.5"], "data.test_fraction: Input should be less than 1"),
+        (
+            ["bogus.key=1"],
+            "unknown key 'bogus'; allowed: study, data, train, model, space, tracking",
+        ),
+        (["train=1"], "train: Input should be a valid dictionary"),
+        (["train.epochs.x=1"], "train.epochs is a value, not a section"),
+        (["nonsense"], "expected dotted.key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(overrides: list[str], expected: str) -> None:
+    assert expected in error_of(BLOG, overrides)
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "study: {name: s}\ndata:\n  source: [unclosed\nspace: {}\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}:") and "YAML syntax error" in message
+    line = int(message.split(":")[1])
+    assert line in (3, 4)
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    assert "no such sweep file" in error_of(tmp_path / "nope.yaml")
+    assert "a sweep file is a mapping" in error_of(sweep_file(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_required_sections(tmp_path: Path) -> None:
+    message = error_of(sweep_file(tmp_path, "study: {name: s}\n"))
+    assert "data: missing (required)" in message and "space: missing (required)" in message
+
+
+def test_when_cycle_is_refused(tmp_path: Path) -> None:
+    from ablation.space import grid
+
+    text = MINIMAL.replace(
+        "  backbone: {choice: [cnn]}",
+        "  augment: {choice: [true], when: {preprocess: none}}\n"
+        "  preprocess: {choice: [none], when: {augment: true}}",
+    )
+    sweep = load_sweep(sweep_file(tmp_path, text))
+    with pytest.raises(UserError, match="form a cycle"):
+        grid(sweep.space)
+
+
+def test_choices_defaults_are_the_blog_model1() -> None:
+    assert Choices() == Choices(backbone="cnn", preprocess="none", augment=False)

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ablation.config import Choices, Model
+from ablation.errors import UserError
+from ablation.models import build_model, weights_fingerprint
+from ablation.space import BLOG_MODELS, choices
+from conftest import SMALL_WEIGHTS, WEIGHTS
+
+
+def conv_params(k: int, c_in: int, c_out: int) -> int:
+    return k * k * c_in * c_out + c_out
+
+
+def blog_cnn_params(size: int = 160, classes: int = 2) -> int:
+    """The blog's CNN counted by hand: 3x3 valid convolutions, 2x2 max-pooling."""
+    side = ((size - 2) // 2 - 2) // 2 - 2
+    flat = side * side * 64
+    return (
+        conv_params(3, 3, 32)
+        + conv_params(3, 32, 32)
+        + conv_params(3, 32, 64)
+        + flat * 64
+        + 64
+        + 64 * classes
+        + classes
+    )
+
+
+def layer_names(model) -> list[str]:  # type: ignore[no-untyped-def]
+    return [layer.name for layer in model.layers]
+
+
+CNN_LAYERS = [
+    "conv2d",
+    "max_pooling2d",
+    "conv2d_1",
+    "max_pooling2d_1",
+    "conv2d_2",
+    "flatten",
+    "dropout",
+    "dense",
+    "logits",
+]
+
+
+def test_blog_model1_to_model3_are_the_small_cnn_with_the_blog_extras() -> None:
+    model1 = build_model(choices(BLOG_MODELS["model1"]), image_size=(160, 160), num_classes=2)
+    model2 = build_model(choices(BLOG_MODELS["model2"]), image_size=(160, 160), num_classes=2)
+    model3 = build_model(choices(BLOG_MODELS["model3"]), image_size=(160, 160), num_classes=2)
+    assert layer_names(model1) == ["image", *CNN_LAYERS]
+    assert layer_names(model2) == ["image", "augmentation", *CNN_LAYERS]
+    assert layer_names(model3) == ["image", "preprocess_mobilenet_v2", "augmentation", *CNN_LAYERS]
+    assert [layer.name for layer in model2.get_layer("augmentation").layers] == [
+        "random_flip",
+        "random_rotation",
+    ]
+    assert model2.get_layer("augmentation").layers[1].factor == (-0.2, 0.2)
+    for model in (model1, model2, model3):
+        assert model.count_params() == blog_cnn_params() == 5_337_250
+        assert model.output_shape == (None, 2)
+
+
+def test_blog_model4_is_frozen_mobilenet_v2_with_max_pooling_head() -> None:
+    model4 = build_model(choices(BLOG_MODELS["model4"]), image_size=(160, 160), num_classes=2)
+    assert layer_names(model4) == [
+        "image",
+        "preprocess_mobilenet_v2",
+        "augmentation",
+        "mobilenetv2_1.00_160",
+        "global_max_pooling2d",
+        "dropout",
+        "logits",
+    ]
+    base = model4.get_layer("mobilenetv2_1.00_160")
+    assert base.trainable is False
+    assert base.count_params() == 2_257_984
+    trainable = sum(int(np.prod(w.shape)) for w in model4.trainable_weights)
+    assert trainable == 1280 * 2 + 2
+    assert model4.get_layer("dropout").rate == 0.2
+
+
+def test_preprocess_layer_is_mobilenet_v2_preprocess_input() -> None:
+    import keras
+
+    model = build_model(Choices(preprocess="mobilenet_v2"), image_size=(32, 32), num_classes=2)
+    layer = model.get_layer("preprocess_mobilenet_v2")
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    expected = keras.applications.mobilenet_v2.preprocess_input(x.copy())
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, atol=1e-5)
+
+
+def test_augmentation_changes_images_only_in_training() -> None:
+    model = build_model(
+        Choices(augment=True, rotation=0.2), image_size=(32, 32), num_classes=2, seed=0
+    )
+    augmentation = model.get_layer("augmentation")
+    x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(augmentation(x, training=False)), x)
+    assert not np.allclose(np.asarray(augmentation(x, training=True)), x)
+
+
+def test_imagenet_weights_come_from_keras_home_and_are_fingerprinted() -> None:
+    model = build_model(Choices(backbone="mobilenet_v2"), image_size=(160, 160), num_classes=2)
+    file = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
+    expected = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    assert weights_fingerprint((160, 160), Model()) == expected
+    assert model.get_layer("mobilenetv2_1.00_160").trainable is False
+
+
+def test_a_weights_file_loads_at_another_size() -> None:
+    model = build_model(
+        Choices(backbone="mobilenet_v2"),
+        image_size=(64, 64),
+        num_classes=3,
+        model=Model(weights=str(SMALL_WEIGHTS), alpha=0.35),
+    )
+    assert model.output_shape == (None, 3)
+    assert (
+        weights_fingerprint((64, 64), Model(weights=str(SMALL_WEIGHTS), alpha=0.35))
+        == (hashlib.sha256(SMALL_WEIGHTS.read_bytes()).hexdigest()[:16])
+    )
+
+
+def test_weights_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is not a file"):
+        build_model(
+            Choices(backbone="mobilenet_v2"),
+            image_size=(64, 64),
+            num_classes=2,
+            model=Model(weights=str(tmp_path / "missing.h5")),
+        )
+    with pytest.raises(UserError, match="does not fit MobileNetV2"):
+        build_model(
+            Choices(backbone="mobilenet_v2"),
+            image_size=(64, 64),
+            num_classes=2,
+            model=Model(weights=str(SMALL_WEIGHTS), alpha=1.0),
+        )

@@ -1,0 +1,151 @@
+"""End to end: real training on real photos, checked against the Optuna and MLflow records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from ablation import load_sweep, run_sweep
+from ablation.data import load_images
+from ablation.study import grid_points, point_key
+from conftest import SMALL_WEIGHTS
+
+SWEEP = """
+study: {{name: small, sampler: grid, seeds: [0, 1]}}
+data: {{source: {data}, image_size: [64, 64], batch_size: 8, limit_per_class: 8}}
+train: {{epochs: 2, optimizer: adam, learning_rate: 0.001}}
+model: {{weights: {weights}, alpha: 0.35}}
+space:
+  augment:  {{choice: [false, true]}}
+  rotation: {{choice: [0.1], when: {{augment: true}}}}
+  backbone: {{choice: [cnn, mobilenet_v2]}}
+tracking: {{experiment: small-exp}}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_study(small_data: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A 4-configuration x 2-seed grid, run once in a fresh working directory."""
+    workdir = tmp_path_factory.mktemp("study")
+    sweep_path = workdir / "sweep.yaml"
+    sweep_path.write_text(SWEEP.format(data=small_data, weights=SMALL_WEIGHTS))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        sweep = load_sweep(sweep_path)
+        summary = run_sweep(sweep)
+    return workdir, sweep_path, sweep, summary
+
+
+def mlflow_client(workdir: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+
+
+def child_runs(client: MlflowClient) -> list:  # type: ignore[type-arg]
+    experiment = client.get_experiment_by_name("small-exp")
+    return client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
+
+
+def test_every_grid_point_ran_once_in_optuna(finished_study) -> None:  # type: ignore[no-untyped-def]
+    workdir, _, sweep, summary = finished_study
+    assert len(summary.outcomes) == 8
+    assert all(o.state == "COMPLETE" for o in summary.outcomes)
+    study = optuna.load_study(
+        study_name="small", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
+    )
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(study.trials) == len(trials) == 8
+    keys = sorted(point_key(t.params, t.user_attrs["seed"]) for t in trials)
+    assert keys == sorted(point_key(p, s) for p, s in grid_points(sweep))
+    for trial in trials:
+        assert ("rotation" in trial.params) == trial.params["augment"]
+        assert 0.0 <= trial.value <= 1.0
+
+
+def test_mlflow_has_a_parent_run_and_one_child_per_trial(finished_study) -> None:  # type: ignore[no-untyped-def]
+    workdir, _, _, summary = finished_study
+    client = mlflow_client(workdir)
+    experiment = client.get_experiment_by_name("small-exp")
+    assert experiment.artifact_location == (workdir / "mlruns" / "artifacts").as_uri()
+    parents = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'study'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].info.run_id == summary.parent_run_id
+    children = child_runs(client)
+    assert len(children) == 8
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {summary.parent_run_id}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    names = sorted(r.info.run_name for r in children)
+    assert names == sorted(
+        f"{b}{a} s{s}" for b in ("cnn", "mobilenet_v2") for a in ("", "+aug(0.1)") for s in (0, 1)
+    )
+
+
+def test_child_runs_hold_params_curves_test_accuracy_and_artifacts(finished_study) -> None:  # type: ignore[no-untyped-def]
+    workdir, _, sweep, summary = finished_study
+    client = mlflow_client(workdir)
+    images = load_images(sweep.data)
+    by_run = {o.run_id: o for o in summary.outcomes}
+    for run in child_runs(client):
+        params, metrics = run.data.params, run.data.metrics
+        outcome = by_run[run.info.run_id]
+        assert params["seed"] == str(outcome.seed)
+        assert ("rotation" in params) == (params["augment"] == "True")
+        assert params["epochs"] == "2" and params["data_sha256"] == images.fingerprint
+        assert ("weights_sha256" in params) == (params["backbone"] == "mobilenet_v2")
+        for key in ("accuracy", "loss", "val_accuracy", "val_loss"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == [0, 1]
+        val_history = sorted(
+            client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step
+        )
+        assert val_history[-1].value == pytest.approx(outcome.val_accuracy)
+        # Accuracy on the test set is a whole number of correct images.
+        n_test = int(params["n_test"])
+        assert n_test == len(images.y_test)
+        correct = metrics["test_accuracy"] * n_test
+        assert correct == pytest.approx(round(correct), abs=1e-4)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"accuracy_curves.png", "model.keras"}
+
+
+def test_logged_model_reproduces_the_logged_test_accuracy(finished_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import keras
+
+    workdir, _, sweep, summary = finished_study
+    client = mlflow_client(workdir)
+    images = load_images(sweep.data)
+    outcome = summary.outcomes[-1]
+    local = client.download_artifacts(outcome.run_id, "model.keras", str(tmp_path))
+    model = keras.saving.load_model(local)
+    logits = model.predict(images.x_test.astype("float32"), verbose=0)
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == images.y_test))
+    assert accuracy == pytest.approx(outcome.test_accuracy, abs=1e-6)
+    png = client.download_artifacts(outcome.run_id, "accuracy_curves.png", str(tmp_path))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_second_invocation_continues_instead_of_repeating(finished_study) -> None:  # type: ignore[no-untyped-def]
+    workdir, sweep_path, _, first = finished_study
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        again = run_sweep(load_sweep(sweep_path))
+        assert again.outcomes == [] and again.already_done == 8
+        assert again.parent_run_id == first.parent_run_id
+        more = run_sweep(load_sweep(sweep_path, ["study.seeds=[0, 1, 2]"]))
+    assert [o.seed for o in more.outcomes] == [2, 2, 2, 2]
+    assert more.already_done == 8
+    client = mlflow_client(workdir)
+    children = child_runs(client)
+    assert len(children) == 12
+    names = [r.info.run_name for r in children]
+    assert len(set(names)) == 12
+    study = optuna.load_study(
+        study_name="small", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
+    )
+    assert len(study.trials) == 12
+    points = [json.loads(t.user_attrs["point"]) for t in study.trials]
+    assert len({json.dumps(p, sort_keys=True) for p in points}) == 12
