@@ -43,7 +43,9 @@ def test_images_are_decoded_once_as_the_blog_does(small_data: Path) -> None:
     blog = keras.utils.image_dataset_from_directory(
         small_data / "train", image_size=(64, 48), shuffle=False, batch_size=None
     )
-    by_name = {Path(p).name: x for p, (x, _) in zip(blog.file_paths, blog.as_numpy_iterator())}
+    by_name = {
+        Path(p).name: x for p, (x, _) in zip(blog.file_paths, blog.as_numpy_iterator(), strict=True)
+    }
     listing = list_images(small_data)
     for index, (path, _) in enumerate(listing.files["train"]):
         difference = np.abs(images.x_train[index].astype(np.float32) - by_name[path.name])
