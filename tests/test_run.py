@@ -1,0 +1,125 @@
+"""The command line as a user runs it: a real subprocess, real exit codes, real output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import CATS_AND_DOGS, REPO
+
+BLOG = REPO / "sweeps" / "blog.yaml"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ablation.run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
+    result = run(str(BLOG), "--dry-run", "--set", "study.seeds=[0, 1]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "grid of 12 configuration(s) x 2 seed(s) = 24 trial(s), 20 epoch(s) each" in lines[0]
+    assert len(lines) == 13
+    for name in ("model1", "model2", "model3", "model4"):
+        assert sum(f"[{name}]" in line for line in lines) == 1
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["train.epochz=1"],
+            "unknown key 'train.epochz'; allowed: epochs, optimizer, learning_rate",
+        ),
+        (["space.backbone.choice=[vgg16]"], "'vgg16' is not allowed (allowed: cnn, mobilenet_v2)"),
+        (["data.source=/no/such/folder"], "data.source: '/no/such/folder' is not a directory"),
+        (
+            ["space.rotation.when={augmnt: true}"],
+            "rotation.when names 'augmnt', which is not in the space",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    args = [str(BLOG)]
+    for override in overrides:
+        args += ["--set", override]
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(BLOG.read_text().replace("  batch_size: 32", "  batch_size: [32"))
+    result = run(str(sweep), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = next(i for i, text in enumerate(sweep.read_text().splitlines(), 1) if "[32" in text)
+    assert f"error: {sweep}:" in result.stderr and "YAML syntax error" in result.stderr
+    reported = int(result.stderr.split(f"{sweep}:")[1].split(":")[0])
+    assert line <= reported <= line + 2
+
+
+def test_unopenable_tracking_store_is_exit_2(tmp_path: Path, small_data: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run(
+        str(BLOG),
+        "--set",
+        f"data.source={small_data}",
+        "--set",
+        "data.limit_per_class=2",
+        "--set",
+        f"tracking.uri=sqlite:///{blocker}/mlflow.db",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "error: tracking.uri: cannot open MLflow store" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_blog_sweep_quick_run_records_every_configuration(tmp_path: Path) -> None:
+    """The issue's acceptance command, run as written (20 images per class, one epoch)."""
+    result = run(
+        str(BLOG),
+        "--set",
+        f"data.source={CATS_AND_DOGS}",
+        "--set",
+        "data.limit_per_class=20",
+        "--set",
+        "train.epochs=1",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trial 12/12" in result.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("blog")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
+    assert len(runs) == 12
+    assert len({r.info.run_name for r in runs}) == 12
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in runs)
+    for blog_model in (
+        "cnn s0",
+        "cnn+aug(0.2) s0",
+        "cnn+aug(0.2)+prep s0",
+        "mobilenet_v2+aug(0.2)+prep s0",
+    ):
+        assert blog_model in {r.info.run_name for r in runs}
+    # The summary table names the blog's four models.
+    for name in ("model1", "model2", "model3", "model4"):
+        assert name in result.stdout
