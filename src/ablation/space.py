@@ -53,6 +53,15 @@ def ordered(space: Mapping[str, Param]) -> list[str]:
     return order
 
 
+def dependents(space: Mapping[str, Param]) -> dict[str, set[str]]:
+    """For each factor, the factors that exist only under a condition on it (transitively)."""
+    result: dict[str, set[str]] = {name: set() for name in space}
+    for name in reversed(ordered(space)):
+        for parent in space[name].when:
+            result[parent] |= {name, *result[name]}
+    return result
+
+
 def is_active(param: Param, params: Mapping[str, Scalar]) -> bool:
     """Whether a factor exists given the values already chosen for its parents."""
     return all(

@@ -42,25 +42,53 @@ class Tracker:
         UserError: The tracking URI cannot be opened.
     """
 
-    def __init__(self, tracking: Tracking, experiment: str) -> None:
+    def __init__(self, tracking: Tracking, experiment: str, *, create: bool = True) -> None:
         from mlflow import MlflowClient
 
         self.uri = tracking.tracking_uri()
+        check_reachable(self.uri)
         try:
             if self.uri.startswith("sqlite:///"):
                 Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             self.client = MlflowClient(tracking_uri=self.uri)
             found = self.client.get_experiment_by_name(experiment)
+            if found is None and not create:
+                raise UserError(f"tracking: no experiment {experiment!r} in {self.uri!r}")
             if found is None:
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=tracking.artifact_location()
                 )
             else:
                 self.experiment_id = found.experiment_id
+        except UserError:
+            raise
         except Exception as exc:  # MLflow raises many kinds for a bad or unreachable store
             raise UserError(
                 f"tracking.uri: cannot open MLflow store {self.uri!r} ({first_line(exc)})"
             ) from None
+
+    @classmethod
+    def existing(cls, tracking: Tracking, experiment: str) -> Tracker:
+        """Open a store and experiment that must already exist (for reading a study back).
+
+        Raises:
+            UserError: No such store or experiment, or the store cannot be reached.
+        """
+        uri = tracking.tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise UserError(f"tracking.uri: no MLflow store at {uri!r}; run the sweep first")
+        tracker = cls(tracking, experiment, create=False)
+        return tracker
+
+    def study_runs(self, study_name: str) -> tuple[Any | None, list[Any]]:
+        """The study's parent run (or None) and its trial runs."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STUDY_TAG}` = '{study_name}'",
+            max_results=50_000,
+        )
+        parent = next((r for r in runs if r.data.tags.get(ROLE_TAG) == "study"), None)
+        return parent, [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
 
     def study_run(self, study_name: str, params: Mapping[str, Any], sweep_yaml: str) -> str:
         """The study's parent run: found again on a re-run, created the first time."""
@@ -147,3 +175,16 @@ class Tracker:
         from mlflow.entities import Param
 
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise UserError(f"tracking.uri: MLflow server {uri!r} does not answer ({reason})") from None
