@@ -188,8 +188,11 @@ def param_importances(sweep: Sweep) -> list[Importance]:
     return importances
 
 
-def configuration_frame(report: Report, *, numeric: bool) -> pd.DataFrame:
-    """The per-configuration table; numbers as numbers (CSV) or as ``mean ± sd`` text."""
+def configuration_frame(report: Report, *, numeric: bool, short: bool = False) -> pd.DataFrame:
+    """The per-configuration table; numbers as numbers (CSV) or as ``mean ± sd`` text.
+
+    ``short`` leaves out the factor columns (the configuration's name says them) and run ids.
+    """
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
@@ -198,7 +201,7 @@ def configuration_frame(report: Report, *, numeric: bool) -> pd.DataFrame:
             "configuration": search_space.label(row.params),
             "blog": search_space.blog_name(row.params) or "",
         }
-        for name in report.sweep.space:
+        for name in [] if short else report.sweep.space:
             entry[name] = row.params.get(name, "" if numeric else "—")
         entry["seeds"] = row.n
         if numeric:
@@ -213,7 +216,10 @@ def configuration_frame(report: Report, *, numeric: bool) -> pd.DataFrame:
             entry["test acc"] = _mean_sd(row.test_mean, row.test_sd)
         entry["epochs"] = _number(sum(row.epochs_run) / row.n)
         entry["seconds"] = round(sum(row.seconds) / row.n, 1)
-        entry["runs"] = " ".join(row.run_ids) if numeric else " ".join(r[:8] for r in row.run_ids)
+        if not short:
+            entry["runs"] = (
+                " ".join(row.run_ids) if numeric else " ".join(r[:8] for r in row.run_ids)
+            )
         rows.append(entry)
     return pd.DataFrame(rows)
 

@@ -19,11 +19,10 @@ import sys
 import time
 
 from rich.console import Console
-from rich.table import Table
 
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
-from ablation.study import StudySummary, TrialOutcome, plan, run_sweep
+from ablation.study import TrialOutcome, plan, run_sweep
 
 
 class ConsoleReporter:
@@ -66,34 +65,28 @@ class ConsoleReporter:
         self.console.print(text, highlight=False)
 
 
-def summary_table(summary: StudySummary) -> Table:
-    from ablation.space import blog_name
+def report_study(sweep: Sweep, console: Console) -> None:
+    """Print the study's comparison table and attach the full report to its parent run."""
+    from ablation.report import (
+        attach_to_parent,
+        build_report,
+        default_plot_dir,
+        render,
+        write_figures,
+    )
 
-    table = Table(title=f"study {summary.study_name}: this run's trials, best validation first")
-    for column in (
-        "trial",
-        "configuration",
-        "blog",
-        "state",
-        "epochs",
-        "val_acc",
-        "test_acc",
-        "seconds",
-    ):
-        table.add_column(column, justify="right" if column not in ("configuration",) else "left")
-    ordered = sorted(summary.outcomes, key=lambda o: -(o.val_accuracy or -1.0))
-    for o in ordered:
-        table.add_row(
-            str(o.number),
-            o.label,
-            blog_name(o.params) or "",
-            o.state,
-            str(o.epochs_run),
-            f"{o.val_accuracy:.3f}" if o.val_accuracy is not None else "-",
-            f"{o.test_accuracy:.3f}" if o.test_accuracy is not None else "-",
-            f"{o.seconds:.0f}",
-        )
-    return table
+    report = build_report(sweep)
+    console.print(render(report, "markdown", short=True), markup=False, highlight=False)
+    directory = default_plot_dir(sweep)
+    files = write_figures(report, directory)
+    for fmt, name in (("markdown", "report.md"), ("html", "report.html")):
+        path = directory / name
+        path.write_text(render(report, fmt))
+        files.append(path)
+    attach_to_parent(report, files)
+    console.print(
+        f"report: {directory} (also on the study's MLflow run, under report/)", highlight=False
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,10 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             "in an earlier run and were kept",
             highlight=False,
         )
-    if summary.outcomes:
-        console.print(summary_table(summary))
-    else:
+    if not summary.outcomes:
         console.print("nothing to run: every trial of this study is already done", highlight=False)
+    try:
+        report_study(sweep, console)
+    except Exception as exc:  # the trials are recorded; a report problem must not hide that
+        if args.debug:
+            raise
+        print(
+            f"warning: could not build the report ({type(exc).__name__}: {exc}); "
+            "the trials are recorded, retry with python -m ablation.report",
+            file=sys.stderr,
+        )
     console.print(
         f"MLflow: {sweep.tracking.tracking_uri()}  experiment "
         f"{sweep.experiment_name!r}  parent run {summary.parent_run_id}",
