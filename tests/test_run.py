@@ -120,6 +120,18 @@ def test_blog_sweep_quick_run_records_every_configuration(tmp_path: Path) -> Non
         "mobilenet_v2+aug(0.2)+prep s0",
     ):
         assert blog_model in {r.info.run_name for r in runs}
-    # The summary table names the blog's four models.
+    # The closing comparison table names the blog's four models ...
     for name in ("model1", "model2", "model3", "model4"):
         assert name in result.stdout
+    # ... and the study's parent run carries the full report.
+    parent = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'study'")[0]
+    attached = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {
+        "report/report.md",
+        "report/report.html",
+        "report/test_accuracy.png",
+        "report/validation_curves.png",
+        "report/ablation_effects.png",
+        "report/data_examples.png",
+        "report/augmentation_examples.png",
+    } <= attached

@@ -189,6 +189,13 @@ class Sweep(_Section):
                         )
         return space
 
+    @model_validator(mode="after")
+    def _resolve_default_stores(self) -> Sweep:
+        """Pin the default stores to absolute paths now, so a sweep means the same anywhere."""
+        self.study.storage = self.study.storage_url()
+        self.tracking.uri = self.tracking.tracking_uri()
+        return self
+
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.study.name

@@ -298,37 +298,43 @@ def headline(report: Report) -> str:
 def render(report: Report, fmt: str, *, short: bool = False) -> str:
     """The report as Markdown, CSV, HTML or LaTeX text. ``short``: configurations only."""
     numeric = fmt == "csv"
-    sections: list[tuple[str, pd.DataFrame]] = [
+    sections: list[tuple[str, str, pd.DataFrame]] = [
         (
+            "configurations",
             "Configurations (best validation accuracy first; ± is the standard deviation over "
             "seeds)",
-            configuration_frame(report, numeric=numeric),
+            configuration_frame(report, numeric=numeric, short=short),
         ),
     ]
     if not short:
         sections += [
             (
+                "ablation",
                 "Ablation: each level against the factor's baseline, test accuracy, matched pairs",
                 ablation_frame(report, numeric=numeric),
             ),
-            ("Parameter importance (fANOVA on validation accuracy)", importance_frame(report)),
+            (
+                "importance",
+                "Parameter importance (fANOVA on validation accuracy)",
+                importance_frame(report),
+            ),
         ]
     out = io.StringIO()
     if fmt == "markdown":
         out.write(f"{headline(report)}\n")
-        for title, frame in sections:
+        for _, title, frame in sections:
             out.write(f"\n### {title}\n\n{frame.to_markdown(index=False)}\n")
-    elif fmt == "csv":
-        for position, (title, frame) in enumerate(sections):
-            out.write(("\n" if position else "") + f"# {title}\n")
+    elif fmt == "csv":  # one CSV table per section, each after a "# id: title" line
+        for position, (name, title, frame) in enumerate(sections):
+            out.write(("\n" if position else "") + f"# {name}: {title}\n")
             frame.to_csv(out, index=False)
     elif fmt == "html":
         out.write(f"<p>{headline(report)}</p>\n")
-        for title, frame in sections:
+        for _, title, frame in sections:
             out.write(f"<h3>{title}</h3>\n{frame.to_html(index=False, na_rep='—')}\n")
     elif fmt == "latex":
         out.write(f"% {headline(report)}\n")
-        for title, frame in sections:
+        for _, title, frame in sections:
             latex = frame.to_latex(index=False, na_rep="--", caption=title.replace("±", "$\\pm$"))
             out.write(latex.replace("±", "$\\pm$").replace("—", "--") + "\n")
     else:
