@@ -18,7 +18,7 @@ from ablation.report import PLOTS, build_report, render
 from ablation.tracking import Tracker
 
 SWEEP = """
-study: {{name: {name}, sampler: grid, seeds: {seeds}}}
+study: {{name: {name}, sampler: grid, seeds: {seeds}, isolation: none}}
 data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}}
 train: {{epochs: 2}}
 space:

@@ -99,6 +99,9 @@ class Study(_Section):
         None, description="number of trials for tpe/random; a grid runs every point"
     )
     pruner: Literal["none", "median"] = "none"
+    isolation: Literal["process", "none"] = Field(
+        "process", description="run each trial in a fresh process (robust) or in this one"
+    )
     storage: str | None = Field(None, description="Optuna storage URL; default under mlruns/")
 
     @model_validator(mode="after")
@@ -124,6 +127,9 @@ class Data(_Section):
     limit_per_class: PositiveInt | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
+    cache_dir: str | None = Field(
+        None, description="where decoded images are kept between runs; default mlruns/cache"
+    )
 
 
 class Train(_Section):
@@ -194,6 +200,8 @@ class Sweep(_Section):
         """Pin the default stores to absolute paths now, so a sweep means the same anywhere."""
         self.study.storage = self.study.storage_url()
         self.tracking.uri = self.tracking.tracking_uri()
+        if self.data.cache_dir is None:
+            self.data.cache_dir = str((DEFAULT_OUTPUT_DIR / "cache").resolve())
         return self
 
     @property

@@ -19,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -70,6 +72,7 @@ class Images:
     y_test: np.ndarray
     fingerprint: str
     source: str
+    file: Path | None = None  # where these decoded images are saved, if they are
 
     def summary(self) -> str:
         return (
@@ -216,24 +219,61 @@ def split_validation(
     return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
 
 
-_CACHE: dict[tuple[object, ...], Images] = {}
+_CACHE: dict[str, Images] = {}
+_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def write_images(images: Images, path: Path) -> None:
+    """Save decoded images (uncompressed: reading them back is a plain copy)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(
+        partial,
+        class_names=np.array(images.class_names),
+        fingerprint=np.array(images.fingerprint),
+        source=np.array(images.source),
+        **{name: getattr(images, name) for name in _ARRAYS},
+    )
+    partial.replace(path)  # atomic: a concurrent reader sees the whole file or none
+
+
+def read_images(path: Path) -> Images:
+    with np.load(path) as saved:
+        return Images(
+            class_names=[str(name) for name in saved["class_names"]],
+            fingerprint=str(saved["fingerprint"]),
+            source=str(saved["source"]),
+            file=path,
+            **{name: saved[name] for name in _ARRAYS},
+        )
+
+
+def cache_file(config: Data, listing: Listing) -> Path | None:
+    """Where the decoded images of this data, size and split are kept between runs."""
+    if config.cache_dir is None:
+        return None
+    identity = (listing.fingerprint(), config.image_size, config.test_fraction, config.split_seed)
+    key = hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
+    height, width = config.image_size
+    return Path(config.cache_dir) / f"images-{height}x{width}-{key}.npz"
 
 
 def load_images(config: Data) -> Images:
-    """Fetch, list, decode and split the data of a sweep; once per process.
+    """Fetch, list, decode and split the data of a sweep.
 
-    Files that are not images, or that fail to decode, are skipped with one warning.
+    Decoding happens once: the result is kept in this process and, when
+    ``data.cache_dir`` is set, in a file keyed by the data listing, image size
+    and split. Files that are not images, or that fail to decode, are skipped
+    with one warning.
     """
     root = resolve_source(config.source)
     listing = list_images(root, config.limit_per_class)
-    key = (
-        str(root),
-        listing.fingerprint(),
-        config.image_size,
-        config.test_fraction,
-        config.split_seed,
-    )
+    cached = cache_file(config, listing)
+    key = str(cached) if cached else repr((str(root), listing.fingerprint(), config))
     if key in _CACHE:
+        return _CACHE[key]
+    if cached is not None and cached.is_file():
+        _CACHE[key] = read_images(cached)
         return _CACHE[key]
 
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -267,6 +307,9 @@ def load_images(config: Data) -> Images:
         fingerprint=listing.fingerprint(),
         source=config.source,
     )
+    if cached is not None:
+        write_images(images, cached)
+        images = dataclasses.replace(images, file=cached)
     _CACHE[key] = images
     return images
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import traceback
+import os
+import socket
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
@@ -31,6 +33,7 @@ from ablation import space as search_space
 from ablation.config import Sweep
 from ablation.errors import UserError, first_line
 from ablation.space import Params
+from ablation.tracking import TRIAL_TAG
 
 if TYPE_CHECKING:
     import optuna
@@ -174,7 +177,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         KeyboardInterrupt: After recording the interrupted trial as failed.
     """
 
-    from ablation.data import load_images
+    from ablation.data import load_images, write_images
     from ablation.models import weights_fingerprint
     from ablation.tracking import Tracker
 
@@ -212,6 +215,11 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         sweep_yaml,
     )
 
+    recovered = recover_stale_trials(study, tracker)
+    if recovered:
+        log.warning(
+            "%d trial(s) of an earlier run were interrupted; they will run again", recovered
+        )
     finished = _finished_or_running(study)
     if sweep.study.sampler == "grid":
         points = grid_points(sweep)
@@ -224,14 +232,19 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         to_run = max(planned - len(finished), 0)
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
 
-    context = _Context(sweep, images, tracker, parent_id, identity, weights, reporter)
+    images_file = None
+    if sweep.study.isolation == "process":
+        images_file = images.file
+        if images_file is None:  # no cache folder: a private copy for the trial processes
+            images_file = Path(tempfile.mkdtemp(prefix="ablation-")) / "images.npz"
+            write_images(images, images_file)
+    context = _Context(sweep, images, images_file, tracker, parent_id, identity, weights, reporter)
     status = "FINISHED"
     try:
         for index in range(to_run):
             if sweep.study.sampler == "grid" and not _has_waiting(study):
                 break
-            trial = study.ask()
-            outcome = _run_trial(trial, context, index, to_run)
+            outcome = _run_next_trial(study, context, index, to_run)
             summary.outcomes.append(outcome)
             reporter.trial_ended(outcome, summary.best)
     except BaseException:
@@ -248,6 +261,7 @@ class _Context:
 
     sweep: Sweep
     images: Images
+    images_file: Path | None  # set when trials run in their own process: the decoded images
     tracker: Tracker
     parent_id: str
     identity: dict[str, Any]  # params every trial run records
@@ -255,89 +269,123 @@ class _Context:
     reporter: Reporter
 
 
-def _run_trial(trial: optuna.Trial, context: _Context, index: int, total: int) -> TrialOutcome:
+def _run_next_trial(study: optuna.Study, context: _Context, index: int, total: int) -> TrialOutcome:
+    """Ask Optuna for a trial, open its MLflow run, train it (isolated or not), tell Optuna."""
     import optuna
 
-    from ablation.plots import accuracy_curves
-    from ablation.trial import train
+    from ablation.trial import TrialSpec, run_trial, run_trial_isolated
 
     sweep, tracker, reporter = context.sweep, context.tracker, context.reporter
+    trial = study.ask()
     params = search_space.suggest(trial, sweep.space)
     seed = trial.user_attrs.get("seed")
     if seed is None:
         seed = sweep.study.seeds[trial.number % len(sweep.study.seeds)]
         trial.set_user_attr("seed", seed)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     label = search_space.label(params, seed)
-    outcome = TrialOutcome(trial.number, label, params, seed, state="FAIL")
     choices = search_space.choices(params)
     reporter.trial_started(index, total, label)
-    run_id = tracker.start_trial(
-        context.parent_id,
-        study_name=sweep.study.name,
-        number=trial.number,
-        name=label,
-        params={
-            **params,
-            "seed": seed,
-            **context.identity,
-            **(context.weights if choices.backbone == "mobilenet_v2" else {}),
-        },
-    )
-    outcome.run_id = run_id
-    trial.set_user_attr("mlflow_run_id", run_id)
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracker.log_epoch(run_id, epoch, metrics)
-        reporter.epoch_ended(epoch, sweep.train.epochs, metrics)
-        if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"non-finite metric at epoch {epoch + 1}: {metrics}")
-        trial.report(metrics["val_accuracy"], epoch)
-        outcome.epochs_run = epoch + 1
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
-
-    study = trial.study
+    run_id: str | None = None
     try:
-        result = train(choices, seed=seed, sweep=sweep, images=context.images, on_epoch=on_epoch)
-    except optuna.TrialPruned:
-        outcome.state = "PRUNED"
-        tracker.finish_trial(run_id, metrics={"epochs_run": outcome.epochs_run}, state="PRUNED")
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        return outcome
-    except (KeyboardInterrupt, UserError) as exc:
-        tracker.fail_trial(run_id, f"{type(exc).__name__}: {exc}", status="KILLED")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    except Exception as exc:  # one bad trial must not end the study
-        outcome.error = f"{type(exc).__name__}: {exc}"
-        log.warning("trial %d (%s) failed: %s", trial.number, label, outcome.error)
-        log.debug("%s", traceback.format_exc())
-        tracker.fail_trial(run_id, outcome.error + "\n" + traceback.format_exc())
-        trial.set_user_attr("error", outcome.error[:1000])
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return outcome
+        run_id = tracker.start_trial(
+            context.parent_id,
+            study_name=sweep.study.name,
+            number=trial.number,
+            name=label,
+            params={
+                **params,
+                "seed": seed,
+                **context.identity,
+                **(context.weights if choices.backbone == "mobilenet_v2" else {}),
+            },
+        )
+        trial.set_user_attr("mlflow_run_id", run_id)
+        spec = TrialSpec(sweep, trial._trial_id, trial.number, params, seed, label, run_id)
 
-    outcome.state = "COMPLETE"
-    outcome.val_accuracy = result.val_accuracy
-    outcome.test_accuracy = result.test_accuracy
-    outcome.epochs_run = result.epochs_run
-    outcome.seconds = result.seconds
-    trial.set_user_attr("test_accuracy", result.test_accuracy)
-    tracker.finish_trial(
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            reporter.epoch_ended(epoch, sweep.train.epochs, metrics)
+
+        if context.images_file is not None:
+            report = run_trial_isolated(spec, context.images_file, on_epoch)
+        else:
+            report = run_trial(spec, context.images, on_epoch)
+    except BaseException as exc:  # interrupted, or the store failed: the trial did not happen
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if run_id is not None:
+            tracker.fail_trial(run_id, f"interrupted ({type(exc).__name__})", status="KILLED")
+        raise
+
+    outcome = TrialOutcome(
+        trial.number,
+        label,
+        params,
+        seed,
+        report.state,
+        report.val_accuracy,
+        report.test_accuracy,
+        report.epochs_run,
+        report.seconds,
         run_id,
-        metrics={
-            "test_accuracy": result.test_accuracy,
-            "test_loss": result.test_loss,
-            "final_val_accuracy": result.val_accuracy,
-            "best_val_accuracy": max(result.history["val_accuracy"]),
-            "epochs_run": result.epochs_run,
-            "train_seconds": result.seconds,
-        },
-        figure=accuracy_curves(result.history, label),
-        model=result.model,
+        report.error,
     )
-    study.tell(trial, result.val_accuracy)
+    if report.state == "COMPLETE":
+        trial.set_user_attr("test_accuracy", report.test_accuracy)
+        study.tell(trial, report.val_accuracy)
+    elif report.state == "PRUNED":
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        log.warning("trial %d (%s) failed: %s", trial.number, label, report.error)
+        trial.set_user_attr("error", (report.error or "")[:1000])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
     return outcome
+
+
+def recover_stale_trials(study: optuna.Study, tracker: Tracker) -> int:
+    """Fail the trials whose process on this machine has died, and end their MLflow runs.
+
+    A study process that was killed (SIGKILL, power loss) leaves its trial
+    RUNNING in Optuna and its run RUNNING in MLflow. Such a trial is failed, so
+    that its grid point is run again; its run ends as KILLED. MLflow trial runs
+    left RUNNING whose Optuna trial is no longer running are ended the same way.
+
+    Returns:
+        How many Optuna trials were failed.
+    """
+    import optuna
+
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    host = socket.gethostname()
+    failed = 0
+    for trial in running:
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") == host and not _alive(int(worker.get("pid", 0))):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            failed += 1
+    still_running = {
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    }
+    _, runs = tracker.study_runs(study.study_name)
+    for run in runs:
+        number = run.data.tags.get(TRIAL_TAG)
+        if run.info.status == "RUNNING" and number is not None and int(number) not in still_running:
+            tracker.fail_trial(
+                run.info.run_id, "interrupted: the process running it died", status="KILLED"
+            )
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 def _finished_or_running(study: optuna.Study) -> set[str]:

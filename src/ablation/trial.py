@@ -1,4 +1,11 @@
-"""One trial: seed everything, build the configuration's model, train, test.
+"""One trial: seed everything, build the configuration's model, train, test, record.
+
+:func:`train` is the bare training (no I/O). :func:`run_trial` trains one trial
+of a study and records it: per-epoch metrics to MLflow and to Optuna (which may
+prune it), then the test metrics, the accuracy plot and the model.
+:func:`run_trial_isolated` does the same in a fresh process, so that nothing a
+trial leaves in TensorFlow (graphs, memory) outlives it, and a trial that
+crashes, or is killed, fails alone.
 
 Example:
     >>> from ablation.config import Choices, load_sweep
@@ -11,13 +18,19 @@ Example:
 
 from __future__ import annotations
 
+import math
+import os
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablation.config import Choices, Sweep
 from ablation.data import Images, eval_dataset, train_dataset
+from ablation.errors import first_line
 from ablation.models import build_model, compile_model
 
 if TYPE_CHECKING:
@@ -61,6 +74,9 @@ def train(
 
     The validation metrics are those of the final epoch, i.e. of the model that
     is tested and saved; the test set is touched once, after training.
+
+    Raises:
+        FloatingPointError: The loss or a metric became NaN or infinite.
     """
     import keras
 
@@ -76,20 +92,19 @@ def train(
     )
     compile_model(model, sweep.train.optimizer, sweep.train.learning_rate)
     batch_size = sweep.data.batch_size
-    callbacks: list[Any] = []
-    if on_epoch is not None:
-        callbacks.append(
-            keras.callbacks.LambdaCallback(
-                on_epoch_end=lambda epoch, logs: on_epoch(
-                    epoch, {k: float(v) for k, v in logs.items()}
-                )
-            )
-        )
+
+    def end_of_epoch(epoch: int, logs: dict[str, Any]) -> None:
+        metrics = {k: float(v) for k, v in logs.items()}
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(f"non-finite metric after epoch {epoch + 1}: {metrics}")
+
     history = model.fit(
         train_dataset(images, batch_size, seed),
         validation_data=eval_dataset(images.x_val, images.y_val, batch_size),
         epochs=sweep.train.epochs,
-        callbacks=callbacks,
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)],
         shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
     ).history
@@ -106,3 +121,176 @@ def train(
         seconds=time.perf_counter() - started,
         model=model,
     )
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a (possibly separate) process needs to run one trial of a study."""
+
+    sweep: Sweep
+    trial_id: int  # Optuna's storage-wide id
+    number: int
+    params: dict[str, Any]
+    seed: int
+    label: str
+    run_id: str  # the trial's MLflow run, already created
+
+
+@dataclass
+class TrialReport:
+    """How a trial ended, as far as the study needs to know."""
+
+    state: str  # COMPLETE, PRUNED or FAIL
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    epochs_run: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None) -> TrialReport:
+    """Train one trial and record it in MLflow and Optuna (intermediate values, pruning).
+
+    Never raises for a failing trial: the failure is recorded on its MLflow run
+    and returned. ``KeyboardInterrupt`` still propagates.
+    """
+    import optuna
+
+    from ablation.plots import accuracy_curves
+    from ablation.study import open_study
+    from ablation.tracking import Tracker
+
+    tracker = Tracker(spec.sweep.tracking, spec.sweep.experiment_name)
+    trial = optuna.trial.Trial(open_study(spec.sweep), spec.trial_id)
+    report = TrialReport(state="FAIL")
+    started = time.perf_counter()
+
+    def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        tracker.log_epoch(spec.run_id, epoch, metrics)
+        report.epochs_run = epoch + 1
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if math.isfinite(metrics.get("val_accuracy", math.nan)):
+            trial.report(metrics["val_accuracy"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+
+    try:
+        result = train(
+            Choices.model_validate(spec.params),
+            seed=spec.seed,
+            sweep=spec.sweep,
+            images=images,
+            on_epoch=record_epoch,
+        )
+    except optuna.TrialPruned:
+        report.state = "PRUNED"
+        report.seconds = time.perf_counter() - started
+        tracker.finish_trial(spec.run_id, metrics={"epochs_run": report.epochs_run}, state="PRUNED")
+        return report
+    except Exception as exc:  # one bad trial must not end the study
+        report.error = f"{type(exc).__name__}: {first_line(exc)}"
+        report.seconds = time.perf_counter() - started
+        tracker.fail_trial(spec.run_id, f"{report.error}\n{traceback.format_exc()}")
+        return report
+
+    tracker.finish_trial(
+        spec.run_id,
+        metrics={
+            "test_accuracy": result.test_accuracy,
+            "test_loss": result.test_loss,
+            "final_val_accuracy": result.val_accuracy,
+            "best_val_accuracy": max(result.history["val_accuracy"]),
+            "epochs_run": result.epochs_run,
+            "train_seconds": result.seconds,
+        },
+        figure=accuracy_curves(result.history, spec.label),
+        model=result.model,
+    )
+    return TrialReport(
+        state="COMPLETE",
+        val_accuracy=result.val_accuracy,
+        test_accuracy=result.test_accuracy,
+        epochs_run=result.epochs_run,
+        seconds=result.seconds,
+    )
+
+
+def run_trial_isolated(
+    spec: TrialSpec, images_file: Path, on_epoch: EpochHook | None = None
+) -> TrialReport:
+    """:func:`run_trial` in a fresh (spawned) process that reads the decoded images from a file.
+
+    If the process dies (killed, out of memory, a crash in TensorFlow), the trial
+    is recorded as failed with the reason. On ``KeyboardInterrupt`` the process
+    is stopped and the interrupt propagates.
+    """
+    import multiprocessing
+
+    from ablation.tracking import Tracker
+
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_child_main, args=(spec, str(images_file), sender, os.getpid()), daemon=True
+    )
+    process.start()
+    sender.close()
+    report: TrialReport | None = None
+    try:
+        while True:
+            if receiver.poll(0.5):
+                try:
+                    kind, payload = receiver.recv()
+                except EOFError:
+                    break
+                if kind == "epoch" and on_epoch is not None:
+                    on_epoch(*payload)
+                elif kind == "done":
+                    report = payload
+            elif not process.is_alive():
+                break
+        process.join()
+    except BaseException:
+        process.terminate()
+        process.join(10)
+        raise
+    finally:
+        receiver.close()
+    if report is None:
+        code = process.exitcode
+        reason = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        report = TrialReport(state="FAIL", error=f"the trial's process died ({reason})")
+        Tracker(spec.sweep.tracking, spec.sweep.experiment_name).fail_trial(
+            spec.run_id, report.error or ""
+        )
+    return report
+
+
+def _child_main(spec: TrialSpec, images_file: str, sender: Any, parent_pid: int) -> None:
+    """Entry point of a trial's process."""
+    import signal
+
+    from ablation.data import read_images
+
+    # Ctrl-C is the parent's to handle: it stops this process and records the trial.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
+    images = read_images(Path(images_file))
+    report = run_trial(
+        spec, images, on_epoch=lambda epoch, metrics: sender.send(("epoch", (epoch, metrics)))
+    )
+    sender.send(("done", report))
+    sender.close()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process if the study's process dies (e.g. SIGKILL), instead of training on."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
