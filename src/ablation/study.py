@@ -226,7 +226,8 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         missing = [(p, s) for p, s in points if point_key(p, s) not in finished]
         for params, seed in missing:
             study.enqueue_trial(params, user_attrs={"seed": seed, "point": point_key(params, seed)})
-        planned, to_run = len(points), len(missing)
+        planned = len(points)
+        to_run = len(_waiting(study))  # the new points and any an earlier run left waiting
     else:
         planned = sweep.study.trials or 0
         to_run = max(planned - len(finished), 0)
@@ -242,7 +243,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
     status = "FINISHED"
     try:
         for index in range(to_run):
-            if sweep.study.sampler == "grid" and not _has_waiting(study):
+            if sweep.study.sampler == "grid" and not _waiting(study):
                 break
             outcome = _run_next_trial(study, context, index, to_run)
             summary.outcomes.append(outcome)
@@ -399,10 +400,10 @@ def _finished_or_running(study: optuna.Study) -> set[str]:
     }
 
 
-def _has_waiting(study: optuna.Study) -> bool:
+def _waiting(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState
 
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
 
 def _uses_mobilenet(sweep: Sweep) -> bool:

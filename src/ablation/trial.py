@@ -276,11 +276,18 @@ def _child_main(spec: TrialSpec, images_file: str, sender: Any, parent_pid: int)
     # Ctrl-C is the parent's to handle: it stops this process and records the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(parent_pid)
+
+    def send(message: tuple[str, Any]) -> None:
+        try:
+            sender.send(message)
+        except OSError:  # the study's process is gone: stop here, its next run recovers the trial
+            os._exit(1)
+
     images = read_images(Path(images_file))
     report = run_trial(
-        spec, images, on_epoch=lambda epoch, metrics: sender.send(("epoch", (epoch, metrics)))
+        spec, images, on_epoch=lambda epoch, metrics: send(("epoch", (epoch, metrics)))
     )
-    sender.send(("done", report))
+    send(("done", report))
     sender.close()
 
 

@@ -1,0 +1,259 @@
+"""Trials that crash, processes that are killed or interrupted, and runs that repeat exactly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from ablation import load_sweep, run_sweep
+from ablation.config import Choices
+from ablation.data import load_images
+from ablation.trial import train
+from conftest import SMALL_WEIGHTS
+
+SWEEP = """
+study: {{name: r, sampler: grid, seeds: [0], isolation: {isolation}}}
+data: {{source: {data}, image_size: [64, 64], batch_size: 4, limit_per_class: 6}}
+train: {{epochs: {epochs}, optimizer: {optimizer}, learning_rate: {lr}}}
+space:
+  augment:  {{choice: [false, true]}}
+  rotation: {{choice: [0.1, 0.2], when: {{augment: true}}}}
+tracking: {{experiment: r}}
+"""
+CONFIGURATIONS = 3
+
+
+def write_sweep(
+    workdir: Path,
+    data: Path,
+    *,
+    isolation: str = "process",
+    epochs: int = 6,
+    optimizer: str = "adam",
+    lr: float = 0.001,
+) -> Path:
+    path = workdir / "sweep.yaml"
+    path.write_text(
+        SWEEP.format(data=data, isolation=isolation, epochs=epochs, optimizer=optimizer, lr=lr)
+    )
+    return path
+
+
+def start(sweep: Path, workdir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablation.run", str(sweep)],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def rerun(sweep: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ablation.run", str(sweep)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def load(workdir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="r", storage=f"sqlite:///{workdir / 'mlruns/optuna.db'}")
+
+
+def wait_for_a_trial_mid_training(
+    process: subprocess.Popen[str], workdir: Path, number: int
+) -> None:
+    """Block until trial ``number`` has finished an epoch but not its last one.
+
+    Reads Optuna's SQLite file read-only: opening it with Optuna while the study's
+    process creates it would race with that process's schema set-up.
+    """
+    database = workdir / "mlruns" / "optuna.db"
+    query = (
+        "SELECT COUNT(*) FROM trials JOIN trial_intermediate_values USING (trial_id) "
+        "WHERE trials.number = ? AND trials.state = 'RUNNING'"
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if database.exists():
+            try:
+                with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                    if db.execute(query, (number,)).fetchone()[0] >= 1:
+                        return
+            except sqlite3.OperationalError:  # the tables are not there yet
+                pass
+        time.sleep(0.05)
+    raise AssertionError("no trial reached the middle of its training in time")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, f"processes {pids} outlived their study"
+        time.sleep(0.1)
+
+
+def mlflow_runs(workdir: Path) -> list:  # type: ignore[type-arg]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns/mlflow.db'}")
+    experiment = client.get_experiment_by_name("r")
+    return client.search_runs([experiment.experiment_id])
+
+
+def assert_every_point_complete_once(workdir: Path) -> None:
+    study = load(workdir)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == CONFIGURATIONS
+    assert len({t.user_attrs["point"] for t in complete}) == CONFIGURATIONS
+    assert not study.get_trials(
+        states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    )
+    runs = mlflow_runs(workdir)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    finished = [r for r in runs if r.data.tags.get("ablation.state") == "COMPLETE"]
+    assert len(finished) == CONFIGURATIONS == len({r.info.run_name for r in finished})
+
+
+def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path: Path, small_data: Path) -> None:
+    sweep = write_sweep(tmp_path, small_data)
+    process = start(sweep, tmp_path)
+    wait_for_a_trial_mid_training(process, tmp_path, number=1)
+    trial_processes = children(process.pid)
+    assert trial_processes  # the trial runs in its own process
+    process.kill()
+    process.wait()
+    wait_gone(trial_processes)  # the trial's process does not outlive the study's
+    before = load(tmp_path)
+    assert [t.state.name for t in before.trials[:2]] == ["COMPLETE", "RUNNING"]
+    assert "RUNNING" in {r.info.status for r in mlflow_runs(tmp_path)}
+
+    result = rerun(sweep, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 trial(s) of an earlier run were interrupted" in result.stderr
+    assert_every_point_complete_once(tmp_path)
+    study = load(tmp_path)
+    states = [t.state.name for t in study.trials]
+    assert states.count("FAIL") == 1 and len(states) == CONFIGURATIONS + 1
+    # The interrupted trial ran again from scratch, with the same configuration and seed.
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    again = [t for t in study.trials if t.user_attrs["point"] == failed.user_attrs["point"]]
+    assert [t.state.name for t in again] == ["FAIL", "COMPLETE"]
+    assert len(again[1].intermediate_values) == 6
+    killed = [r for r in mlflow_runs(tmp_path) if r.info.status == "KILLED"]
+    assert len(killed) == 1 and "process running it died" in killed[0].data.tags["error"]
+    # The first trial finished before the kill and was kept, not re-run.
+    assert study.trials[0].state.name == "COMPLETE"
+    assert (
+        sum(t.user_attrs["point"] == study.trials[0].user_attrs["point"] for t in study.trials) == 1
+    )
+
+
+def test_a_killed_trial_fails_alone_and_is_retried(tmp_path: Path, small_data: Path) -> None:
+    sweep = write_sweep(tmp_path, small_data)
+    process = start(sweep, tmp_path)
+    wait_for_a_trial_mid_training(process, tmp_path, number=0)
+    for child in children(process.pid):  # what the kernel's OOM killer would do
+        os.kill(child, signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1, stderr[-2000:]
+    assert "1 trial(s) failed" in stderr and "Traceback" not in stderr
+    study = load(tmp_path)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "the trial's process died (killed by signal 9)" in study.trials[0].user_attrs["error"]
+    failed_runs = [r for r in mlflow_runs(tmp_path) if r.info.status == "FAILED"]
+    assert len(failed_runs) == 1, [
+        (r.info.run_name, r.info.status, r.data.tags) for r in mlflow_runs(tmp_path)
+    ]
+    assert "killed by signal 9" in failed_runs[0].data.tags["error"]
+
+    result = rerun(sweep, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_every_point_complete_once(tmp_path)
+
+
+def test_ctrl_c_stops_at_once_and_says_how_to_resume(tmp_path: Path, small_data: Path) -> None:
+    sweep = write_sweep(tmp_path, small_data, epochs=30)
+    process = start(sweep, tmp_path)
+    wait_for_a_trial_mid_training(process, tmp_path, number=0)
+    trial_processes = children(process.pid)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole group
+    stopped_at = time.monotonic()
+    stdout, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - stopped_at < 30
+    assert process.returncode == 130
+    assert "interrupted; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    wait_gone(trial_processes)
+    # The interrupted trial failed (so it runs again); the rest of the grid still waits.
+    assert [t.state.name for t in load(tmp_path).trials] == ["FAIL", "WAITING", "WAITING"]
+    statuses = {r.data.tags.get("ablation.role"): r.info.status for r in mlflow_runs(tmp_path)}
+    assert statuses == {"study": "KILLED", "trial": "KILLED"}
+
+
+def test_a_trial_whose_loss_explodes_fails_and_the_study_goes_on(
+    tmp_path: Path, small_data: Path
+) -> None:
+    sweep = write_sweep(tmp_path, small_data, isolation="none", epochs=3, optimizer="sgd", lr=1e30)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        summary = run_sweep(load_sweep(sweep))
+    assert [o.state for o in summary.outcomes] == ["FAIL"] * CONFIGURATIONS
+    assert all("non-finite metric" in (o.error or "") for o in summary.outcomes)
+    runs = [r for r in mlflow_runs(tmp_path) if r.data.tags["ablation.role"] == "trial"]
+    assert {r.info.status for r in runs} == {"FAILED"} and len(runs) == CONFIGURATIONS
+    assert all("FloatingPointError" in r.data.tags["error"] for r in runs)
+
+
+@pytest.mark.parametrize(
+    "choices",
+    [
+        Choices(backbone="cnn", augment=True, rotation=0.2),
+        Choices(backbone="mobilenet_v2", augment=True, preprocess="mobilenet_v2"),
+    ],
+    ids=["cnn+aug", "mobilenet_v2+aug+prep"],
+)
+def test_same_configuration_and_seed_give_the_same_numbers(
+    tmp_path: Path, small_data: Path, choices: Choices
+) -> None:
+    sweep = load_sweep(
+        write_sweep(tmp_path, small_data, epochs=2),
+        [f"model.weights={SMALL_WEIGHTS}", "model.alpha=0.35"],
+    )
+    images = load_images(sweep.data)
+    first = train(choices, seed=3, sweep=sweep, images=images)
+    second = train(choices, seed=3, sweep=sweep, images=images)
+    other = train(choices, seed=4, sweep=sweep, images=images)
+    assert first.history == second.history  # bit for bit, every epoch
+    assert (first.test_accuracy, first.test_loss) == (second.test_accuracy, second.test_loss)
+    assert first.history["loss"] != other.history["loss"]
+    weights = zip(first.model.get_weights(), second.model.get_weights(), strict=True)
+    assert all(np.array_equal(a, b) for a, b in weights)
