@@ -19,6 +19,13 @@ import sys
 import time
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
@@ -26,43 +33,84 @@ from ablation.study import TrialOutcome, plan, run_sweep
 
 
 class ConsoleReporter:
-    """One line per trial start, per epoch and per trial end; plain text when piped."""
+    """Progress of a study: live bars on a terminal, one plain line per event otherwise (CI logs).
+
+    Both show trial i of n with its configuration, the epoch, the time left and
+    the best trial so far; each finished trial leaves one line behind.
+    """
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.started = time.monotonic()
-        self.trial_started_at = self.started
-        self.prefix = ""
+        self.trial_started_at = time.monotonic()
+        self.best = ""
+        self.progress: Progress | None = None
+        if console.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+            )
+            self.study_task = self.progress.add_task("study", total=None, info="")
+            self.trial_task = self.progress.add_task("trial", total=None, info="")
 
     def trial_started(self, index: int, total: int, label: str) -> None:
         self.trial_started_at = time.monotonic()
-        self.prefix = f"trial {index + 1}/{total} {label}"
-        self.console.print(f"[bold]{self.prefix}[/bold]", highlight=False)
+        if self.progress is None:
+            self.console.print(f"trial {index + 1}/{total} {label}", highlight=False)
+            return
+        self.progress.start()
+        self.progress.update(
+            self.study_task,
+            description=f"trial {index + 1}/{total}",
+            total=total,
+            completed=index,
+            info=self.best,
+        )
+        self.progress.reset(self.trial_task, description=f"  {label}", total=None, info="")
 
     def epoch_ended(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         elapsed = time.monotonic() - self.trial_started_at
-        eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
-        self.console.print(
-            f"  epoch {epoch + 1}/{epochs}  loss {metrics.get('loss', float('nan')):.4f}  "
+        summary = (
+            f"loss {metrics.get('loss', float('nan')):.4f}  "
             f"acc {metrics.get('accuracy', float('nan')):.3f}  "
-            f"val_acc {metrics.get('val_accuracy', float('nan')):.3f}  "
-            f"({elapsed:.0f}s, ~{eta:.0f}s left in trial)",
-            highlight=False,
+            f"val_acc {metrics.get('val_accuracy', float('nan')):.3f}"
         )
+        if self.progress is None:
+            eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
+            self.console.print(
+                f"  epoch {epoch + 1}/{epochs}  {summary}  "
+                f"({elapsed:.0f}s, ~{eta:.0f}s left in trial)",
+                highlight=False,
+            )
+            return
+        self.progress.update(self.trial_task, total=epochs, completed=epoch + 1, info=summary)
 
     def trial_ended(self, outcome: TrialOutcome, best: TrialOutcome | None) -> None:
         if outcome.state == "COMPLETE":
             text = (
-                f"  done: val_acc {outcome.val_accuracy:.3f}  test_acc "
+                f"val_acc {outcome.val_accuracy:.3f}  test_acc "
                 f"{outcome.test_accuracy:.3f}  in {outcome.seconds:.0f}s"
             )
         elif outcome.state == "PRUNED":
-            text = f"  pruned after {outcome.epochs_run} epoch(s)"
+            text = f"pruned after {outcome.epochs_run} epoch(s)"
         else:
-            text = f"  [red]failed[/red]: {outcome.error}"
+            text = f"failed: {outcome.error}"
         if best is not None:
-            text += f"  | best so far: {best.label} val_acc {best.val_accuracy:.3f}"
-        self.console.print(text, highlight=False)
+            self.best = f"best so far: {best.label} val_acc {best.val_accuracy:.3f}"
+        if self.progress is None:
+            self.console.print(f"  {text}  | {self.best}", highlight=False, markup=False)
+            return
+        self.progress.console.print(f"{outcome.label}: {text}", highlight=False, markup=False)
+        self.progress.advance(self.study_task)
+        self.progress.update(self.study_task, info=self.best)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
 
 def report_study(sweep: Sweep, console: Console) -> None:
@@ -127,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for line in plan(sweep)[:1]:
             console.print(line, highlight=False, markup=False)
-        summary = run_sweep(sweep, ConsoleReporter(console))
+        reporter = ConsoleReporter(console)
+        try:
+            summary = run_sweep(sweep, reporter)
+        finally:
+            reporter.close()
     except UserError as exc:
         if args.debug:
             raise

@@ -1,0 +1,156 @@
+"""Open a sweep's results in the MLflow UI, without remembering the store's URI.
+
+Usage::
+
+    python -m ablation.ui sweeps/blog.yaml            # http://127.0.0.1:5000
+    python -m ablation.ui sweeps/blog.yaml --port 5001 --set tracking.uri=...
+
+It starts ``mlflow ui`` on the sweep's SQLite store (with one worker: enough for
+one person, and light on a laptop), prints the address of the study's runs in
+the "Model training" view (where the trials are nested under the study's run),
+and stops the server, with every process it started, on Ctrl-C. A sweep whose
+``tracking.uri`` is already a server just gets that server's address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ablation.config import Sweep, load_sweep
+from ablation.errors import UserError
+
+
+def runs_view(base_url: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table, trials nested under their study."""
+    return f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+@contextlib.contextmanager
+def serve(sweep: Sweep, host: str = "127.0.0.1", port: int = 5000) -> Iterator[str]:
+    """Run the MLflow UI on the sweep's store while the context is open; yields its base URL.
+
+    Raises:
+        UserError: The store does not exist, or the server does not come up.
+    """
+    uri = sweep.tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        yield uri.rstrip("/")
+        return
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"tracking.uri: no MLflow store at {uri!r}; run the sweep first")
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # Its own process group: mlflow's uvicorn workers and job consumers outlive a
+    # SIGTERM to the parent, so the whole group is ended on the way out.
+    server = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    base_url = f"http://{host}:{port}"
+    try:
+        _wait_until_up(server, base_url)
+        yield base_url
+    finally:
+        _stop_group(server)
+
+
+def _wait_until_up(server: subprocess.Popen[bytes], base_url: str, timeout: float = 120) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            error = (server.stderr.read() if server.stderr else b"").decode(errors="replace")
+            last = next((line for line in reversed(error.splitlines()) if line.strip()), "")
+            raise UserError(f"the MLflow UI did not start ({last or f'exit {server.returncode}'})")
+        try:
+            if requests.get(f"{base_url}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise UserError(f"the MLflow UI did not answer at {base_url} within {timeout:.0f} s")
+
+
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, then SIGKILL whatever is left of it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        deadline = time.monotonic() + 10
+        while _group_alive(server.pid) and time.monotonic() < deadline:
+            server.poll()  # reap the leader, or it lingers in the group as a zombie
+            time.sleep(0.2)
+        if not _group_alive(server.pid):
+            return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def experiment_id(sweep: Sweep) -> str:
+    from ablation.tracking import Tracker
+
+    return Tracker.existing(sweep.tracking, sweep.experiment_name).experiment_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ablation.ui", description="Open a sweep's results in the MLflow UI."
+    )
+    parser.add_argument("sweep", help="the sweep file (YAML)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep file (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep, args.overrides)
+        experiment = experiment_id(sweep)
+        with serve(sweep, args.host, args.port) as base_url:
+            print(
+                f"MLflow UI for study {sweep.study.name!r}: {runs_view(base_url, experiment)}",
+                flush=True,
+            )
+            print("Ctrl-C stops it.", flush=True)
+            while True:
+                time.sleep(3600)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
