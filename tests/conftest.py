@@ -60,3 +60,13 @@ def keras_home() -> Path:
 def write_sweep(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def load_study(workdir: Path, name: str):  # type: ignore[no-untyped-def]
+    """A study from the default storage of a run made in ``workdir`` (read only)."""
+    import optuna
+
+    from ablation.storage import open_storage
+
+    storage = open_storage(str(workdir / "mlruns" / "optuna.journal"))
+    return optuna.load_study(study_name=name, storage=storage)

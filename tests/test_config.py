@@ -48,7 +48,7 @@ def test_defaults_fill_unnamed_sections(tmp_path: Path) -> None:
     assert sweep.experiment_name == "s"
     assert sweep.tracking.tracking_uri().startswith("sqlite:///")
     assert sweep.tracking.tracking_uri().endswith("mlruns/mlflow.db")
-    assert sweep.study.storage_url().endswith("mlruns/optuna.db")
+    assert sweep.study.storage_url().endswith("mlruns/optuna.journal")
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:

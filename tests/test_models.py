@@ -142,3 +142,16 @@ def test_weights_errors_are_one_line(tmp_path: Path) -> None:
             num_classes=2,
             model=Model(weights=str(SMALL_WEIGHTS), alpha=1.0),
         )
+
+
+def test_mixed_precision_computes_in_float16_with_float32_logits() -> None:
+    try:
+        model = build_model(
+            Choices(augment=True), image_size=(32, 32), num_classes=2, mixed_precision=True
+        )
+        assert model.get_layer("conv2d").compute_dtype == "float16"
+        assert model.get_layer("logits").compute_dtype == "float32"
+        assert model.output.dtype == "float32"
+    finally:
+        plain = build_model(Choices(), image_size=(32, 32), num_classes=2)
+    assert plain.get_layer("conv2d").compute_dtype == "float32"  # and back, for the next trial

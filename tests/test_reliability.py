@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from ablation import load_sweep, run_sweep
 from ablation.config import Choices
 from ablation.data import load_images
 from ablation.trial import train
-from conftest import SMALL_WEIGHTS
+from conftest import SMALL_WEIGHTS, load_study
 
 SWEEP = """
 study: {{name: r, sampler: grid, seeds: [0], isolation: {isolation}}}
@@ -73,32 +71,29 @@ def rerun(sweep: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
 
 
 def load(workdir: Path) -> optuna.Study:
-    return optuna.load_study(study_name="r", storage=f"sqlite:///{workdir / 'mlruns/optuna.db'}")
+    return load_study(workdir, "r")
 
 
 def wait_for_a_trial_mid_training(
     process: subprocess.Popen[str], workdir: Path, number: int
 ) -> None:
-    """Block until trial ``number`` has finished an epoch but not its last one.
-
-    Reads Optuna's SQLite file read-only: opening it with Optuna while the study's
-    process creates it would race with that process's schema set-up.
-    """
-    database = workdir / "mlruns" / "optuna.db"
-    query = (
-        "SELECT COUNT(*) FROM trials JOIN trial_intermediate_values USING (trial_id) "
-        "WHERE trials.number = ? AND trials.state = 'RUNNING'"
-    )
+    """Block until trial ``number`` has finished an epoch but not its last one."""
+    journal = workdir / "mlruns" / "optuna.journal"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        if database.exists():
+        if journal.exists():
             try:
-                with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-                    if db.execute(query, (number,)).fetchone()[0] >= 1:
-                        return
-            except sqlite3.OperationalError:  # the tables are not there yet
-                pass
+                trials = load(workdir).get_trials(deepcopy=False)
+            except KeyError:  # the study is not created yet
+                trials = []
+            for trial in trials:
+                if (
+                    trial.number == number
+                    and trial.state == optuna.trial.TrialState.RUNNING
+                    and trial.intermediate_values
+                ):
+                    return
         time.sleep(0.05)
     raise AssertionError("no trial reached the middle of its training in time")
 

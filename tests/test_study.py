@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from ablation import load_sweep, run_sweep
 from ablation.data import load_images
 from ablation.study import grid_points, point_key
-from conftest import SMALL_WEIGHTS
+from conftest import SMALL_WEIGHTS, load_study
 
 SWEEP = """
 study: {{name: small, sampler: grid, seeds: [0, 1]}}
@@ -54,9 +54,7 @@ def test_every_grid_point_ran_once_in_optuna(finished_study) -> None:  # type: i
     workdir, _, sweep, summary = finished_study
     assert len(summary.outcomes) == 8
     assert all(o.state == "COMPLETE" for o in summary.outcomes)
-    study = optuna.load_study(
-        study_name="small", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
-    )
+    study = load_study(workdir, "small")
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(study.trials) == len(trials) == 8
     keys = sorted(point_key(t.params, t.user_attrs["seed"]) for t in trials)
@@ -143,9 +141,7 @@ def test_a_second_invocation_continues_instead_of_repeating(finished_study) -> N
     assert len(children) == 12
     names = [r.info.run_name for r in children]
     assert len(set(names)) == 12
-    study = optuna.load_study(
-        study_name="small", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
-    )
+    study = load_study(workdir, "small")
     assert len(study.trials) == 12
     points = [json.loads(t.user_attrs["point"]) for t in study.trials]
     assert len({json.dumps(p, sort_keys=True) for p in points}) == 12

@@ -102,7 +102,10 @@ class Study(_Section):
     isolation: Literal["process", "none"] = Field(
         "process", description="run each trial in a fresh process (robust) or in this one"
     )
-    storage: str | None = Field(None, description="Optuna storage URL; default under mlruns/")
+    storage: str | None = Field(
+        None,
+        description="a database URL or a journal file; default mlruns/optuna.journal",
+    )
 
     @model_validator(mode="after")
     def _trials_match_sampler(self) -> Study:
@@ -117,7 +120,7 @@ class Study(_Section):
     def storage_url(self) -> str:
         if self.storage:
             return self.storage
-        return f"sqlite:///{(DEFAULT_OUTPUT_DIR / 'optuna.db').resolve()}"
+        return str((DEFAULT_OUTPUT_DIR / "optuna.journal").resolve())
 
 
 class Data(_Section):
@@ -136,6 +139,9 @@ class Train(_Section):
     epochs: PositiveInt = 20
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     learning_rate: PositiveFloat = 0.001
+    mixed_precision: bool = Field(
+        False, description="float16 compute with float32 logits (for GPUs; slower on CPUs)"
+    )
 
 
 class Model(_Section):

@@ -39,6 +39,7 @@ def build_model(
     num_classes: int,
     model: Model | None = None,
     seed: int | None = None,
+    mixed_precision: bool = False,
 ) -> keras.Model:
     """Build (not compile) the model of one configuration.
 
@@ -48,10 +49,13 @@ def build_model(
         num_classes: Number of output logits.
         model: Backbone weights and width (MobileNetV2 only).
         seed: Seed of the augmentation layers.
+        mixed_precision: Compute in float16 (Keras's ``mixed_float16`` policy), keeping
+            the logits, and so the loss, in float32.
     """
     import keras
     from keras import layers
 
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     model = model or Model()
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = inputs
@@ -74,7 +78,7 @@ def build_model(
         x = base(x, training=False)
         x = layers.GlobalMaxPooling2D(name="global_max_pooling2d")(x)
         x = layers.Dropout(0.2, seed=seed, name="dropout")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=choices.backbone)
 
 

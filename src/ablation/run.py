@@ -39,12 +39,12 @@ class ConsoleReporter:
     the best trial so far; each finished trial leaves one line behind.
     """
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, live: bool = True) -> None:
         self.console = console
         self.trial_started_at = time.monotonic()
         self.best = ""
         self.progress: Progress | None = None
-        if console.is_terminal:
+        if live and console.is_terminal:
             self.progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(bar_width=24),
@@ -72,7 +72,7 @@ class ConsoleReporter:
         )
         self.progress.reset(self.trial_task, description=f"  {label}", total=None, info="")
 
-    def epoch_ended(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+    def epoch_ended(self, label: str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         elapsed = time.monotonic() - self.trial_started_at
         summary = (
             f"loss {metrics.get('loss', float('nan')):.4f}  "
@@ -82,7 +82,7 @@ class ConsoleReporter:
         if self.progress is None:
             eta = elapsed / (epoch + 1) * (epochs - epoch - 1)
             self.console.print(
-                f"  epoch {epoch + 1}/{epochs}  {summary}  "
+                f"  {label} epoch {epoch + 1}/{epochs}  {summary}  "
                 f"({elapsed:.0f}s, ~{eta:.0f}s left in trial)",
                 highlight=False,
             )
@@ -102,7 +102,9 @@ class ConsoleReporter:
         if best is not None:
             self.best = f"best so far: {best.label} val_acc {best.val_accuracy:.3f}"
         if self.progress is None:
-            self.console.print(f"  {text}  | {self.best}", highlight=False, markup=False)
+            self.console.print(
+                f"  {outcome.label}: {text}  | {self.best}", highlight=False, markup=False
+            )
             return
         self.progress.console.print(f"{outcome.label}: {text}", highlight=False, markup=False)
         self.progress.advance(self.study_task)
@@ -153,6 +155,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run", action="store_true", help="validate and print the plan without training"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="trials to run side by side on this machine (default 1)",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage: a database URL or a journal file (= study.storage)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI, e.g. http://host:5000 (= tracking.uri)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return parser.parse_args(argv)
 
@@ -168,16 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     # Piped output (CI logs) gets a wide plain table instead of rich's 80-column default.
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
-        sweep: Sweep = load_sweep(args.sweep, args.overrides)
+        if args.workers < 1:
+            raise UserError(f"--workers {args.workers}: needs a whole number of at least 1")
+        overrides = list(args.overrides)
+        if args.storage:
+            overrides.append(f"study.storage={args.storage}")
+        if args.tracking_uri:
+            overrides.append(f"tracking.uri={args.tracking_uri}")
+        sweep: Sweep = load_sweep(args.sweep, overrides)
         if args.dry_run:
             for line in plan(sweep):
                 console.print(line, highlight=False, markup=False)
             return 0
         for line in plan(sweep)[:1]:
             console.print(line, highlight=False, markup=False)
-        reporter = ConsoleReporter(console)
+        reporter = ConsoleReporter(console, live=args.workers == 1)
         try:
-            summary = run_sweep(sweep, reporter)
+            summary = run_sweep(sweep, reporter, workers=args.workers)
         finally:
             reporter.close()
     except UserError as exc:

@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +34,7 @@ from ablation import space as search_space
 from ablation.config import Sweep
 from ablation.errors import UserError, first_line
 from ablation.space import Params
+from ablation.storage import study_lock
 from ablation.tracking import TRIAL_TAG
 
 if TYPE_CHECKING:
@@ -81,7 +83,9 @@ class Reporter(Protocol):
 
     def trial_started(self, index: int, total: int, label: str) -> None: ...
 
-    def epoch_ended(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None: ...
+    def epoch_ended(
+        self, label: str, epoch: int, epochs: int, metrics: dict[str, float]
+    ) -> None: ...
 
     def trial_ended(self, outcome: TrialOutcome, best: TrialOutcome | None) -> None: ...
 
@@ -90,7 +94,7 @@ class SilentReporter:
     def trial_started(self, index: int, total: int, label: str) -> None:
         pass
 
-    def epoch_ended(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+    def epoch_ended(self, label: str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         pass
 
     def trial_ended(self, outcome: TrialOutcome, best: TrialOutcome | None) -> None:
@@ -135,12 +139,11 @@ def _format_params(params: Params) -> str:
 
 def open_study(sweep: Sweep) -> optuna.Study:
     """Create or load the sweep's study in its persistent storage."""
-    from pathlib import Path
-
     import optuna
 
+    from ablation.storage import open_storage
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = sweep.study.storage_url()
     seed = sweep.study.seeds[0]
     sampler: optuna.samplers.BaseSampler
     if sweep.study.sampler == "tpe":
@@ -152,25 +155,30 @@ def open_study(sweep: Sweep) -> optuna.Study:
         if sweep.study.pruner == "median"
         else optuna.pruners.NopPruner()
     )
+    storage = open_storage(sweep.study.storage_url())
     try:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return optuna.create_study(
             study_name=sweep.study.name,
-            storage=url,
+            storage=storage,
             sampler=sampler,
             pruner=pruner,
             direction="maximize",
             load_if_exists=True,
         )
-    except Exception as exc:  # SQLAlchemy and Optuna raise many kinds for a bad URL
+    except Exception as exc:  # a database that refuses the schema, a broken journal
         raise UserError(
-            f"study.storage: cannot open Optuna storage {url!r} ({first_line(exc)})"
+            f"study.storage: cannot open study {sweep.study.name!r} in "
+            f"{sweep.study.storage_url()!r} ({first_line(exc)})"
         ) from None
 
 
-def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
+def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 1) -> StudySummary:
     """Run (or continue) the sweep's study and record every trial in MLflow.
+
+    Args:
+        sweep: The validated sweep.
+        reporter: Receives progress.
+        workers: Trials run side by side in this invocation, each in its own process.
 
     Raises:
         UserError: Bad data, weights, storage or tracking URI; found before any training.
@@ -181,6 +189,8 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
     from ablation.models import weights_fingerprint
     from ablation.tracking import Tracker
 
+    if workers > 1 and sweep.study.isolation != "process":
+        raise UserError("--workers above 1 needs study.isolation: process")
     reporter = reporter or SilentReporter()
     images = load_images(sweep.data)
     uses_mobilenet = _uses_mobilenet(sweep)
@@ -209,28 +219,32 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
             "weights_sha256": weights_fingerprint(sweep.data.image_size, sweep.model),
         }
     sweep_yaml = yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False)
-    parent_id = tracker.study_run(
-        sweep.study.name,
-        {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},
-        sweep_yaml,
-    )
-
-    recovered = recover_stale_trials(study, tracker)
-    if recovered:
-        log.warning(
-            "%d trial(s) of an earlier run were interrupted; they will run again", recovered
+    # Under the study's lock, so that processes joining at once (several machines)
+    # share one parent run and never enqueue a grid point twice.
+    with study_lock(sweep.study.storage_url(), sweep.study.name):
+        parent_id = tracker.study_run(
+            sweep.study.name,
+            {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},
+            sweep_yaml,
         )
-    finished = _finished_or_running(study)
-    if sweep.study.sampler == "grid":
-        points = grid_points(sweep)
-        missing = [(p, s) for p, s in points if point_key(p, s) not in finished]
-        for params, seed in missing:
-            study.enqueue_trial(params, user_attrs={"seed": seed, "point": point_key(params, seed)})
-        planned = len(points)
-        to_run = len(_waiting(study))  # the new points and any an earlier run left waiting
-    else:
-        planned = sweep.study.trials or 0
-        to_run = max(planned - len(finished), 0)
+        recovered = recover_stale_trials(study, tracker)
+        if recovered:
+            log.warning(
+                "%d trial(s) of an earlier run were interrupted; they will run again", recovered
+            )
+        finished = _finished_or_running(study)
+        if sweep.study.sampler == "grid":
+            points = grid_points(sweep)
+            for params, seed in points:
+                if point_key(params, seed) not in finished:
+                    study.enqueue_trial(
+                        params, user_attrs={"seed": seed, "point": point_key(params, seed)}
+                    )
+            planned = len(points)
+            to_run = len(_waiting(study))  # the new points and any an earlier run left waiting
+        else:
+            planned = sweep.study.trials or 0
+            to_run = max(planned - len(finished), 0)
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
 
     images_file = None
@@ -239,15 +253,15 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None) -> StudySummary:
         if images_file is None:  # no cache folder: a private copy for the trial processes
             images_file = Path(tempfile.mkdtemp(prefix="ablation-")) / "images.npz"
             write_images(images, images_file)
-    context = _Context(sweep, images, images_file, tracker, parent_id, identity, weights, reporter)
+    context = _Context(
+        sweep, images, images_file, tracker, parent_id, identity, weights, reporter, to_run
+    )
     status = "FINISHED"
     try:
-        for index in range(to_run):
-            if sweep.study.sampler == "grid" and not _waiting(study):
-                break
-            outcome = _run_next_trial(study, context, index, to_run)
-            summary.outcomes.append(outcome)
-            reporter.trial_ended(outcome, summary.best)
+        if workers == 1:
+            _work(study, context, summary)
+        else:
+            _work_in_threads(study, context, summary, workers)
     except BaseException:
         status = "KILLED"
         raise
@@ -268,49 +282,122 @@ class _Context:
     identity: dict[str, Any]  # params every trial run records
     weights: dict[str, Any]  # params of the trials with a pretrained backbone
     reporter: Reporter
+    total: int  # trials this invocation means to run
+    started: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
-def _run_next_trial(study: optuna.Study, context: _Context, index: int, total: int) -> TrialOutcome:
-    """Ask Optuna for a trial, open its MLflow run, train it (isolated or not), tell Optuna."""
+def _work(study: optuna.Study, context: _Context, summary: StudySummary) -> None:
+    """Run trials one after another until the study has none left for this invocation."""
+    while not context.stop.is_set():
+        trial = _next_trial(study, context)
+        if trial is None:
+            return
+        index, trial = trial
+        outcome = _run_trial(study, trial, context, index)
+        with context.lock:
+            summary.outcomes.append(outcome)
+            context.reporter.trial_ended(outcome, summary.best)
+
+
+def _work_in_threads(
+    study: optuna.Study, context: _Context, summary: StudySummary, workers: int
+) -> None:
+    """``workers`` loops side by side; each trial still runs in its own process.
+
+    Ctrl-C (in the main thread) stops every worker's trial and records it as KILLED.
+    """
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            _work(study, context, summary)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+            context.stop.set()
+
+    threads = [threading.Thread(target=work, name=f"worker-{n}") for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+    except KeyboardInterrupt:
+        context.stop.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise errors[0]
+
+
+def _next_trial(study: optuna.Study, context: _Context) -> tuple[int, optuna.Trial] | None:
+    """The next trial to run and its index in this invocation, or None when done."""
     import optuna
 
+    with context.lock:
+        if context.started >= context.total:
+            return None
+        grid = context.sweep.study.sampler == "grid"
+        if grid and not _waiting(study):
+            return None
+        trial = study.ask()
+        if grid and "point" not in trial.user_attrs:
+            # Another process took the last grid point between our look and our ask:
+            # this trial has no point to run. It ends at once, with no MLflow run.
+            trial.set_user_attr("error", "no grid point left to run")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return None
+        context.started += 1
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        return context.started - 1, trial
+
+
+def _run_trial(
+    study: optuna.Study, trial: optuna.Trial, context: _Context, index: int
+) -> TrialOutcome:
+    """Open the trial's MLflow run, train it (isolated or not), tell Optuna how it ended."""
+    import optuna
+
+    from ablation.storage import heartbeat
     from ablation.trial import TrialSpec, run_trial, run_trial_isolated
 
     sweep, tracker, reporter = context.sweep, context.tracker, context.reporter
-    trial = study.ask()
     params = search_space.suggest(trial, sweep.space)
     seed = trial.user_attrs.get("seed")
     if seed is None:
         seed = sweep.study.seeds[trial.number % len(sweep.study.seeds)]
         trial.set_user_attr("seed", seed)
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     label = search_space.label(params, seed)
     choices = search_space.choices(params)
-    reporter.trial_started(index, total, label)
+    reporter.trial_started(index, context.total, label)
     run_id: str | None = None
     try:
-        run_id = tracker.start_trial(
-            context.parent_id,
-            study_name=sweep.study.name,
-            number=trial.number,
-            name=label,
-            params={
-                **params,
-                "seed": seed,
-                **context.identity,
-                **(context.weights if choices.backbone == "mobilenet_v2" else {}),
-            },
-        )
-        trial.set_user_attr("mlflow_run_id", run_id)
-        spec = TrialSpec(sweep, trial._trial_id, trial.number, params, seed, label, run_id)
+        with heartbeat(study, trial._trial_id):
+            run_id = tracker.start_trial(
+                context.parent_id,
+                study_name=sweep.study.name,
+                number=trial.number,
+                name=label,
+                params={
+                    **params,
+                    "seed": seed,
+                    **context.identity,
+                    **(context.weights if choices.backbone == "mobilenet_v2" else {}),
+                },
+            )
+            trial.set_user_attr("mlflow_run_id", run_id)
+            spec = TrialSpec(sweep, trial._trial_id, trial.number, params, seed, label, run_id)
 
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            reporter.epoch_ended(epoch, sweep.train.epochs, metrics)
+            def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+                reporter.epoch_ended(label, epoch, sweep.train.epochs, metrics)
 
-        if context.images_file is not None:
-            report = run_trial_isolated(spec, context.images_file, on_epoch)
-        else:
-            report = run_trial(spec, context.images, on_epoch)
+            if context.images_file is not None:
+                report = run_trial_isolated(spec, context.images_file, on_epoch, context.stop)
+            else:
+                report = run_trial(spec, context.images, on_epoch)
     except BaseException as exc:  # interrupted, or the store failed: the trial did not happen
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if run_id is not None:
@@ -355,18 +442,16 @@ def recover_stale_trials(study: optuna.Study, tracker: Tracker) -> int:
     """
     import optuna
 
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    running_state = (optuna.trial.TrialState.RUNNING,)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)  # trials whose heartbeat stopped, on any machine
     host = socket.gethostname()
-    failed = 0
-    for trial in running:
+    for trial in study.get_trials(deepcopy=False, states=running_state):
         worker = trial.user_attrs.get("worker") or {}
         if worker.get("host") == host and not _alive(int(worker.get("pid", 0))):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            failed += 1
-    still_running = {
-        t.number
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    }
+    still_running = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
     _, runs = tracker.study_runs(study.study_name)
     for run in runs:
         number = run.data.tags.get(TRIAL_TAG)
@@ -374,7 +459,7 @@ def recover_stale_trials(study: optuna.Study, tracker: Tracker) -> int:
             tracker.fail_trial(
                 run.info.run_id, "interrupted: the process running it died", status="KILLED"
             )
-    return failed
+    return len(before - still_running)
 
 
 def _alive(pid: int) -> bool:

@@ -54,18 +54,30 @@ class Tracker:
             found = self.client.get_experiment_by_name(experiment)
             if found is None and not create:
                 raise UserError(f"tracking: no experiment {experiment!r} in {self.uri!r}")
-            if found is None:
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=tracking.artifact_location()
-                )
-            else:
-                self.experiment_id = found.experiment_id
+            self.experiment_id = (
+                found.experiment_id if found else self._create_experiment(experiment, tracking)
+            )
         except UserError:
             raise
         except Exception as exc:  # MLflow raises many kinds for a bad or unreachable store
             raise UserError(
                 f"tracking.uri: cannot open MLflow store {self.uri!r} ({first_line(exc)})"
             ) from None
+
+    def _create_experiment(self, name: str, tracking: Tracking) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=tracking.artifact_location()
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = self.client.get_experiment_by_name(name)  # another machine was first
+            if found is None:
+                raise
+            return found.experiment_id
 
     @classmethod
     def existing(cls, tracking: Tracking, experiment: str) -> Tracker:

@@ -89,6 +89,7 @@ def train(
         num_classes=len(images.class_names),
         model=sweep.model,
         seed=seed,
+        mixed_precision=sweep.train.mixed_precision,
     )
     compile_model(model, sweep.train.optimizer, sweep.train.learning_rate)
     batch_size = sweep.data.batch_size
@@ -217,13 +218,17 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
 
 
 def run_trial_isolated(
-    spec: TrialSpec, images_file: Path, on_epoch: EpochHook | None = None
+    spec: TrialSpec,
+    images_file: Path,
+    on_epoch: EpochHook | None = None,
+    stop: threading.Event | None = None,
 ) -> TrialReport:
     """:func:`run_trial` in a fresh (spawned) process that reads the decoded images from a file.
 
     If the process dies (killed, out of memory, a crash in TensorFlow), the trial
-    is recorded as failed with the reason. On ``KeyboardInterrupt`` the process
-    is stopped and the interrupt propagates.
+    is recorded as failed with the reason. On ``KeyboardInterrupt`` (or when
+    ``stop`` is set, by another thread) the process is stopped and
+    ``KeyboardInterrupt`` propagates.
     """
     import multiprocessing
 
@@ -239,6 +244,8 @@ def run_trial_isolated(
     report: TrialReport | None = None
     try:
         while True:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
             if receiver.poll(0.5):
                 try:
                     kind, payload = receiver.recv()

@@ -20,9 +20,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
@@ -46,13 +48,32 @@ def serve(sweep: Sweep, host: str = "127.0.0.1", port: int = 5000) -> Iterator[s
         return
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UserError(f"tracking.uri: no MLflow store at {uri!r}; run the sweep first")
-    command = [
+    with mlflow_server(uri, host=host, port=port, command="ui") as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    backend_store_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    artifacts_destination: str | None = None,
+    command: str = "server",
+) -> Iterator[str]:
+    """``mlflow server`` (or ``mlflow ui``) while the context is open; yields its base URL.
+
+    One worker (enough for a study's writers, light on a laptop). The server runs
+    in its own process group: mlflow's uvicorn workers and job consumers outlive a
+    SIGTERM to their parent, so the whole group is ended on the way out.
+    """
+    arguments = [
         sys.executable,
         "-m",
         "mlflow",
-        "ui",
+        command,
         "--backend-store-uri",
-        uri,
+        backend_store_uri,
         "--host",
         host,
         "--port",
@@ -60,26 +81,31 @@ def serve(sweep: Sweep, host: str = "127.0.0.1", port: int = 5000) -> Iterator[s
         "--workers",
         "1",
     ]
-    # Its own process group: mlflow's uvicorn workers and job consumers outlive a
-    # SIGTERM to the parent, so the whole group is ended on the way out.
-    server = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    base_url = f"http://{host}:{port}"
-    try:
-        _wait_until_up(server, base_url)
-        yield base_url
-    finally:
-        _stop_group(server)
+    if artifacts_destination is not None:
+        arguments += ["--artifacts-destination", artifacts_destination]
+    # Its log goes to a file: a pipe nobody reads would fill up and stall the server.
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(
+            arguments, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log
+        )
+        base_url = f"http://{host}:{port}"
+        try:
+            _wait_until_up(server, base_url, log)
+            yield base_url
+        finally:
+            _stop_group(server)
 
 
-def _wait_until_up(server: subprocess.Popen[bytes], base_url: str, timeout: float = 120) -> None:
+def _wait_until_up(
+    server: subprocess.Popen[bytes], base_url: str, log: IO[bytes], timeout: float = 120
+) -> None:
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            error = (server.stderr.read() if server.stderr else b"").decode(errors="replace")
+            log.seek(0)
+            error = log.read().decode(errors="replace")
             last = next((line for line in reversed(error.splitlines()) if line.strip()), "")
             raise UserError(f"the MLflow UI did not start ({last or f'exit {server.returncode}'})")
         try:

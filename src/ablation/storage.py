@@ -1,0 +1,144 @@
+"""Where a study's Optuna state lives, and how several processes share it safely.
+
+``study.storage`` is either a database URL (``postgresql://``, ``mysql://``,
+``sqlite:///``: Optuna's RDB storage, which machines share) or the path of a
+journal file (the default, ``mlruns/optuna.journal``). Optuna's journal file
+storage appends each change to a log under a file lock, so several worker
+processes on one machine never meet SQLite's "database is locked".
+
+RDB storages get Optuna's heartbeat: a trial whose process (on any machine)
+stops beating for ``GRACE_SECONDS`` is failed by the next process that joins the
+study, and its grid point runs again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ablation.errors import UserError, first_line
+
+if TYPE_CHECKING:
+    import optuna
+
+HEARTBEAT_SECONDS = 20
+GRACE_SECONDS = 90
+
+
+def is_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind ``study.storage``.
+
+    Raises:
+        UserError: It cannot be opened.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        if is_url(storage):
+            if storage.startswith("sqlite:///"):
+                Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    engine_kwargs=_engine_kwargs(storage),
+                )
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(storage))
+    except Exception as exc:  # SQLAlchemy and Optuna raise many kinds for a bad URL or path
+        raise UserError(
+            f"study.storage: cannot open Optuna storage {storage!r} ({first_line(exc)}); "
+            "allowed: a journal file path or a database URL (postgresql://, mysql://, sqlite:///)"
+        ) from None
+
+
+def _engine_kwargs(url: str) -> dict[str, object]:
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+@contextlib.contextmanager
+def study_lock(storage: str, study_name: str) -> Iterator[None]:
+    """Hold a lock that every process of this study, on every machine, respects.
+
+    Used around reading the study and enqueuing the missing grid points, so two
+    processes that join at once never enqueue the same point twice.
+    """
+    key = int(hashlib.sha256(f"ablation:{study_name}".encode()).hexdigest()[:15], 16)
+    if storage.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        engine.dispose()
+        return
+    if storage.startswith("mysql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            connection.execute(
+                sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"ablation-{key}"}
+            )
+            try:
+                yield
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": f"ablation-{key}"}
+                )
+        engine.dispose()
+        return
+    # A file on this machine (SQLite database or journal): an flock beside it.
+    path = Path(storage.removeprefix("sqlite:///")).with_suffix(f".{study_name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+    """Beat for a running trial while the context is open (RDB storages only)."""
+    import optuna
+
+    storage = study._storage
+    if not (isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled()):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is not worth a crash
+                storage.record_heartbeat(trial_id)
+            stop.wait(HEARTBEAT_SECONDS)
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)

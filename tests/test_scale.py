@@ -1,0 +1,133 @@
+"""Several workers on one machine, and several "machines" on PostgreSQL and an MLflow server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from ablation.ui import mlflow_server
+from conftest import load_study
+
+SWEEP = """
+study: {{name: scale, sampler: grid, seeds: [0, 1]}}
+data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}}
+train: {{epochs: 2}}
+space:
+  augment:  {{choice: [false, true]}}
+  rotation: {{choice: [0.1, 0.2], when: {{augment: true}}}}
+tracking: {{experiment: scale}}
+"""
+POINTS = 6  # 3 configurations x 2 seeds
+POSTGRES_URL = os.environ.get("ABLATION_POSTGRES_URL")  # an admin URL, e.g. .../postgres
+
+
+def run(sweep: Path, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablation.run", str(sweep), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(*processes: subprocess.Popen[str]) -> None:
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=1200)
+        assert process.returncode == 0, stderr[-3000:]
+
+
+def assert_grid_done_once(study: optuna.Study, client: MlflowClient) -> list:  # type: ignore[type-arg]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == POINTS
+    assert len({t.user_attrs["point"] for t in complete}) == POINTS
+    others = [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE]
+    # A process that asks just after the last point was taken gets a trial with no point,
+    # ended at once; nothing else may be left over.
+    assert all(t.user_attrs.get("error") == "no grid point left to run" for t in others)
+    experiment = client.get_experiment_by_name("scale")
+    parents = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'study'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
+    assert len(children) == POINTS
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert len({r.info.run_name for r in children}) == POINTS
+    for run in children:
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+            "accuracy_curves.png",
+            "model.keras",
+        }
+    return children
+
+
+def test_two_workers_on_one_machine_share_the_grid(tmp_path: Path, small_data: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.format(data=small_data))
+    finish(run(sweep, tmp_path, "--workers", "2"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    children = assert_grid_done_once(load_study(tmp_path, "scale"), client)
+    # The two workers really ran side by side: some trials overlap in time.
+    spans = sorted((r.info.start_time, r.info.end_time) for r in children)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+
+
+@pytest.fixture
+def databases() -> Iterator[tuple[str, str]]:
+    """Two fresh PostgreSQL databases (Optuna's and MLflow's), dropped afterwards."""
+    if not POSTGRES_URL:
+        pytest.skip("set ABLATION_POSTGRES_URL (an admin URL) to run the PostgreSQL tests")
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    suffix = uuid.uuid4().hex[:10]
+    names = [f"ablation_optuna_{suffix}", f"ablation_mlflow_{suffix}"]
+    try:
+        with engine.connect() as connection:
+            for name in names:
+                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.fail(f"cannot reach PostgreSQL at {POSTGRES_URL}: {str(exc).splitlines()[0]}")
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    yield f"{base}/{names[0]}", f"{base}/{names[1]}"
+    with engine.connect() as connection:
+        for name in names:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_machines_on_postgres_and_an_mlflow_server(
+    tmp_path: Path, small_data: Path, databases: tuple[str, str]
+) -> None:
+    optuna_url, mlflow_url = databases
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.format(data=small_data))
+    with mlflow_server(
+        mlflow_url, port=free_port(), artifacts_destination=str(tmp_path / "artifacts")
+    ) as server:
+        machines = []
+        for name in ("machine-a", "machine-b"):  # two working directories, as two hosts
+            workdir = tmp_path / name
+            workdir.mkdir()
+            machines.append(run(sweep, workdir, "--storage", optuna_url, "--tracking-uri", server))
+        finish(*machines)
+        study = optuna.load_study(study_name="scale", storage=optuna_url)
+        assert_grid_done_once(study, MlflowClient(tracking_uri=server))
+    # Both machines trained: each took a share of the grid.
+    workers = {t.user_attrs["worker"]["pid"] for t in study.trials if "point" in t.user_attrs}
+    assert len(workers) == 2
