@@ -131,3 +131,84 @@ def test_two_machines_on_postgres_and_an_mlflow_server(
     # Both machines trained: each took a share of the grid.
     workers = {t.user_attrs["worker"]["pid"] for t in study.trials if "point" in t.user_attrs}
     assert len(workers) == 2
+
+
+def test_a_dead_machines_trial_runs_again_elsewhere(
+    tmp_path: Path, small_data: Path, databases: tuple[str, str]
+) -> None:
+    """Machine B (its own host name) dies mid-trial; machine A finds it by its silent heartbeat."""
+    import shutil
+    import signal
+    import time
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to give the second machine its own host name")
+    optuna_url, _ = databases
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        SWEEP.format(data=small_data)
+        .replace("seeds: [0, 1]}", "seeds: [0], heartbeat_seconds: 1, grace_seconds: 4}")
+        .replace("epochs: 2", "epochs: 40")
+    )
+    tracking = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"
+    command = [
+        sys.executable,
+        "-m",
+        "ablation.run",
+        str(sweep),
+        "--storage",
+        optuna_url,
+        "--tracking-uri",
+        tracking,
+    ]
+    machine_b = subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", 'hostname machine-b && exec "$@"', "sh", *command],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while True:
+        assert machine_b.poll() is None, machine_b.communicate()
+        assert time.monotonic() < deadline, "machine B never got into a trial"
+        try:
+            study = optuna.load_study(study_name="scale", storage=optuna_url)
+            running = [
+                t
+                for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                if t.intermediate_values
+            ]
+        except KeyError:
+            running = []
+        if running:
+            break
+        time.sleep(0.2)
+    assert running[0].user_attrs["worker"]["host"] == "machine-b"
+    os.killpg(machine_b.pid, signal.SIGKILL)  # the whole machine goes down
+    machine_b.communicate()
+    time.sleep(5)  # longer than grace_seconds: its heartbeat is now stale
+
+    machine_a = subprocess.run(
+        command + ["--set", "train.epochs=2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert machine_a.returncode == 0, machine_a.stderr[-3000:]
+    assert "1 trial(s) of an earlier run were interrupted" in machine_a.stderr
+    study = optuna.load_study(study_name="scale", storage=optuna_url)
+    dead = study.trials[running[0].number]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["point"] for t in complete) == sorted(
+        {t.user_attrs["point"] for t in study.trials if "point" in t.user_attrs}
+    )
+    assert dead.user_attrs["point"] in {t.user_attrs["point"] for t in complete}
+    runs = MlflowClient(tracking_uri=tracking).search_runs(
+        [MlflowClient(tracking_uri=tracking).get_experiment_by_name("scale").experiment_id]
+    )
+    assert "RUNNING" not in {r.info.status for r in runs}

@@ -106,6 +106,12 @@ class Study(_Section):
         None,
         description="a database URL or a journal file; default mlruns/optuna.journal",
     )
+    heartbeat_seconds: PositiveInt = Field(
+        20, description="how often a running trial says it is alive (database storages)"
+    )
+    grace_seconds: PositiveInt = Field(
+        90, description="silence after which a trial counts as dead and runs again"
+    )
 
     @model_validator(mode="after")
     def _trials_match_sampler(self) -> Study:
@@ -115,6 +121,8 @@ class Study(_Section):
             raise ValueError(f"sampler {self.sampler!r} needs 'trials: N'")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("'seeds' lists a seed twice")
+        if self.grace_seconds <= self.heartbeat_seconds:
+            raise ValueError("'grace_seconds' must be longer than 'heartbeat_seconds'")
         return self
 
     def storage_url(self) -> str:

@@ -154,9 +154,13 @@ def param_importances(sweep: Sweep) -> list[Importance]:
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
+    from ablation.storage import open_storage
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        study = optuna.load_study(study_name=sweep.study.name, storage=sweep.study.storage_url())
+        study = optuna.load_study(
+            study_name=sweep.study.name, storage=open_storage(sweep.study.storage_url())
+        )
     except Exception as exc:  # a missing study is a KeyError, a bad URL many other kinds
         return [Importance("all trials", {}, f"no Optuna study to read ({first_line(exc)})")]
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

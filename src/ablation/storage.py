@@ -7,8 +7,8 @@ storage appends each change to a log under a file lock, so several worker
 processes on one machine never meet SQLite's "database is locked".
 
 RDB storages get Optuna's heartbeat: a trial whose process (on any machine)
-stops beating for ``GRACE_SECONDS`` is failed by the next process that joins the
-study, and its grid point runs again.
+stops beating for ``study.grace_seconds`` is failed by the next process that
+joins the study, and its grid point runs again.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ from ablation.errors import UserError, first_line
 if TYPE_CHECKING:
     import optuna
 
-HEARTBEAT_SECONDS = 20
-GRACE_SECONDS = 90
-
 
 def is_url(storage: str) -> bool:
     return "://" in storage
 
 
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
+def open_storage(
+    storage: str, *, heartbeat_seconds: int = 20, grace_seconds: int = 90
+) -> optuna.storages.BaseStorage:
     """The Optuna storage behind ``study.storage``.
 
     Raises:
@@ -52,8 +51,8 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     storage,
-                    heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=GRACE_SECONDS,
+                    heartbeat_interval=heartbeat_seconds,
+                    grace_period=grace_seconds,
                     engine_kwargs=_engine_kwargs(storage),
                 )
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
@@ -120,11 +119,14 @@ def study_lock(storage: str, study_name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
-    """Beat for a running trial while the context is open (RDB storages only)."""
-    import optuna
+    """Beat for a running trial while the context is open (RDB storages only).
 
-    storage = study._storage
-    if not (isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled()):
+    Optuna beats by itself only inside ``Study.optimize``; a study driven by
+    ask-and-tell, as this one is, beats here.
+    """
+    storage = study._storage  # RDB storage comes wrapped in Optuna's cache, which beats too
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
         yield
         return
     stop = threading.Event()
@@ -133,7 +135,7 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         while not stop.is_set():
             with contextlib.suppress(Exception):  # a missed beat is not worth a crash
                 storage.record_heartbeat(trial_id)
-            stop.wait(HEARTBEAT_SECONDS)
+            stop.wait(interval)
 
     thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
     thread.start()
@@ -142,3 +144,19 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(5)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials whose heartbeat stopped longer than the grace period ago (any machine)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a no-op for storages without heartbeat
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``, without Optuna's warning that heartbeats belong to ``optimize``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        return study.ask()

@@ -34,7 +34,7 @@ from ablation import space as search_space
 from ablation.config import Sweep
 from ablation.errors import UserError, first_line
 from ablation.space import Params
-from ablation.storage import study_lock
+from ablation.storage import ask, fail_stale_trials, study_lock
 from ablation.tracking import TRIAL_TAG
 
 if TYPE_CHECKING:
@@ -155,7 +155,11 @@ def open_study(sweep: Sweep) -> optuna.Study:
         if sweep.study.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    storage = open_storage(sweep.study.storage_url())
+    storage = open_storage(
+        sweep.study.storage_url(),
+        heartbeat_seconds=sweep.study.heartbeat_seconds,
+        grace_seconds=sweep.study.grace_seconds,
+    )
     try:
         return optuna.create_study(
             study_name=sweep.study.name,
@@ -343,7 +347,7 @@ def _next_trial(study: optuna.Study, context: _Context) -> tuple[int, optuna.Tri
         grid = context.sweep.study.sampler == "grid"
         if grid and not _waiting(study):
             return None
-        trial = study.ask()
+        trial = ask(study)
         if grid and "point" not in trial.user_attrs:
             # Another process took the last grid point between our look and our ask:
             # this trial has no point to run. It ends at once, with no MLflow run.
@@ -444,8 +448,7 @@ def recover_stale_trials(study: optuna.Study, tracker: Tracker) -> int:
 
     running_state = (optuna.trial.TrialState.RUNNING,)
     before = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)  # trials whose heartbeat stopped, on any machine
+    fail_stale_trials(study)  # trials whose heartbeat stopped, on any machine
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=running_state):
         worker = trial.user_attrs.get("worker") or {}
