@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s: %(message)s",
     )
-    if not args.debug:  # MLflow's INFO lines (creating tables, migrations) are not for users
+    if not args.debug:  # MLflow's INFO lines (creating tables, migrations) are not for users,
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # nor TF's retracing notes
     # Piped output (CI logs) gets a wide plain table instead of rich's 80-column default.
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
