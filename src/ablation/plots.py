@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def accuracy_curves(history: dict[str, list[float]], title: str) -> Figure:
@@ -14,6 +15,7 @@ def accuracy_curves(history: dict[str, list[float]], title: str) -> Figure:
         axis.plot(epochs, history[metric], marker="o", label=f"training {metric}")
         axis.plot(epochs, history[f"val_{metric}"], marker="o", label=f"validation {metric}")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)
         axis.legend()
         axis.grid(alpha=0.3)
@@ -29,6 +31,7 @@ def validation_curves(curves: dict[str, list[float]], title: str) -> Figure:
     for name, curve in curves.items():
         axis.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=name)
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("validation accuracy")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
