@@ -135,3 +135,73 @@ def test_blog_sweep_quick_run_records_every_configuration(tmp_path: Path) -> Non
         "report/data_examples.png",
         "report/augmentation_examples.png",
     } <= attached
+
+
+@pytest.fixture(scope="module")
+def broken_data(tmp_path_factory: pytest.TempPathFactory, small_data: Path) -> dict[str, Path]:
+    """Data folders with each mistake a user can make."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("broken")
+    flat = root / "flat"
+    (flat / "photos").mkdir(parents=True)
+    one_class = root / "one-class"
+    for split in ("train", "validation"):
+        shutil.copytree(small_data / split / "cats", one_class / split / "cats")
+    empty_class = root / "empty-class"
+    shutil.copytree(small_data, empty_class)
+    for path in (empty_class / "train" / "dogs").iterdir():
+        path.unlink()
+    weights = root / "not-weights.h5"
+    weights.write_text("not an HDF5 file")
+    return {"flat": flat, "one-class": one_class, "empty-class": empty_class, "weights": weights}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.epochs=many"], "train.epochs: Input should be a valid integer"),
+        (
+            ["train.optimizer=adagrad"],
+            "train.optimizer: Input should be 'adam', 'sgd' or 'rmsprop'",
+        ),
+        (["study.sampler=bayes"], "study.sampler: Input should be 'grid', 'tpe' or 'random'"),
+        (["study.pruner=hyperband"], "study.pruner: Input should be 'none' or 'median'"),
+        (["space.augment.choice=[]"], "space.augment.choice: List should have at least 1 item"),
+        (["data.source={flat}"], "has no train/ and validation/ folders"),
+        (["data.source={one-class}"], "has 1 class folder(s); a classifier needs at least two"),
+        (["data.source={empty-class}"], "train/dogs has no images"),
+        (
+            ["data.source=http://127.0.0.1:9/cats_and_dogs.zip"],
+            "data.source: cannot download http://127.0.0.1:9/",
+        ),
+        (
+            ["model.weights=/no/such/weights.h5"],
+            "model.weights: '/no/such/weights.h5' is not a file",
+        ),
+        (["model.weights={weights}"], "does not fit MobileNetV2"),
+        (
+            ["study.storage=postgresql://nobody@127.0.0.1:1/none"],
+            "study.storage: cannot open Optuna storage",
+        ),
+        (
+            ["tracking.uri=http://127.0.0.1:9"],
+            "tracking.uri: MLflow server 'http://127.0.0.1:9' does not answer",
+        ),
+    ],
+)
+def test_every_input_mistake_is_one_line_and_exit_2(
+    tmp_path: Path,
+    small_data: Path,
+    broken_data: dict[str, Path],
+    overrides: list[str],
+    message: str,
+) -> None:
+    args = [str(BLOG), "--set", f"data.source={small_data}", "--set", "data.limit_per_class=2"]
+    for override in overrides:
+        args += ["--set", override.format(**broken_data)]
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

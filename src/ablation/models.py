@@ -116,9 +116,13 @@ def mobilenet_v2_base(image_size: tuple[int, int], model: Model) -> keras.Model:
         base = keras.applications.MobileNetV2(
             input_shape=(*image_size, 3), include_top=False, weights=weights, alpha=model.alpha
         )
-    except ValueError as exc:
-        raise UserError(f"model.weights: {weights!r} does not fit MobileNetV2 ({exc})") from None
-    except Exception as exc:  # get_file raises a bare Exception when the download fails
+    except Exception as exc:  # h5py, Keras and get_file raise many kinds (a bare Exception too)
+        if weights != "imagenet" or isinstance(exc, ValueError):
+            raise UserError(
+                f"model.weights: {weights!r} does not fit MobileNetV2 with alpha {model.alpha} "
+                f"({first_line(exc)}); allowed: imagenet, or a MobileNetV2 weights file "
+                "without its top"
+            ) from None
         cached = imagenet_weights_file(image_size, model)
         raise UserError(
             f"model.weights: cannot load MobileNetV2 ImageNet weights ({first_line(exc)}); "
