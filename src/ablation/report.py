@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ablation.analysis import (
     configuration_table,
     state_counts,
 )
+from ablation.cli import configure_logging, sweep_parser
 from ablation.config import DEFAULT_OUTPUT_DIR, Scalar, Sweep, load_sweep
 from ablation.errors import UserError, first_line
 
@@ -443,34 +443,21 @@ def default_plot_dir(sweep: Sweep) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ablation.report",
-        description="Write the comparison table of a sweep's study, read back from MLflow.",
+    parser = sweep_parser(
+        "python -m ablation.report",
+        "Write the comparison table of a sweep's study, read back from MLflow.",
     )
-    parser.add_argument("sweep", help="the sweep file (YAML)")
     parser.add_argument(
-        "--format",
-        default="markdown",
-        help=f"output format: {', '.join(FORMATS)} (default markdown)",
+        "--format", default="markdown", help=f"{', '.join(FORMATS)} (default markdown)"
     )
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the sweep file (repeatable)",
-    )
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger("mlflow").setLevel(logging.WARNING if args.debug else logging.ERROR)
+    configure_logging(args.debug)
     try:
         if args.format not in FORMATS:
             raise UserError(f"--format {args.format!r} is unknown (allowed: {', '.join(FORMATS)})")

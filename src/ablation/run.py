@@ -14,7 +14,6 @@ Exit codes: 0 done, 1 some trials failed, 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
@@ -27,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ablation.cli import configure_logging, sweep_parser
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 from ablation.study import TrialOutcome, plan, run_sweep
@@ -140,18 +140,7 @@ def report_study(sweep: Sweep, console: Console) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m ablation.run", description="Run (or continue) an ablation sweep."
-    )
-    parser.add_argument("sweep", help="the sweep file (YAML)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the sweep file (repeatable)",
-    )
+    parser = sweep_parser("python -m ablation.run", "Run (or continue) an ablation sweep.")
     parser.add_argument(
         "--dry-run", action="store_true", help="validate and print the plan without training"
     )
@@ -172,19 +161,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="URI",
         help="MLflow tracking URI, e.g. http://host:5000 (= tracking.uri)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-    )
-    if not args.debug:  # MLflow's INFO lines (creating tables, migrations) are not for users,
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # nor TF's retracing notes
+    configure_logging(args.debug)
     # Piped output (CI logs) gets a wide plain table instead of rich's 80-column default.
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:

@@ -11,9 +11,11 @@ and never used for selection.
 
 Example:
     >>> from ablation import load_sweep, run_sweep
-    >>> summary = run_sweep(load_sweep("sweeps/blog.yaml", ["train.epochs=1"]))
-    >>> summary.best.label
-    'mobilenet_v2+aug(0.2)+prep s0'
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["data.source=../shared/data/cats_and_dogs",
+    ...                                         "data.limit_per_class=20", "train.epochs=1"])
+    >>> summary = run_sweep(sweep)
+    >>> len(summary.outcomes), summary.outcomes[0].label
+    (12, 'cnn s0')
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +38,7 @@ from ablation.errors import UserError, first_line
 from ablation.space import Params
 from ablation.storage import ask, fail_stale_trials, study_lock
 from ablation.tracking import TRIAL_TAG
+from ablation.trial import TrialReport
 
 if TYPE_CHECKING:
     import optuna
@@ -46,21 +49,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrialOutcome:
-    """What one trial of this invocation came to."""
+@dataclass(kw_only=True)
+class TrialOutcome(TrialReport):
+    """What one trial of this invocation came to: its report, and which trial it was."""
 
     number: int
     label: str
     params: Params
     seed: int
-    state: str  # COMPLETE, PRUNED or FAIL
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
-    epochs_run: int = 0
-    seconds: float = 0.0
     run_id: str | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -317,7 +314,7 @@ def _work_in_threads(
     def work() -> None:
         try:
             _work(study, context, summary)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        except BaseException as exc:  # handed to the main thread
             errors.append(exc)
             context.stop.set()
 
@@ -409,17 +406,12 @@ def _run_trial(
         raise
 
     outcome = TrialOutcome(
-        trial.number,
-        label,
-        params,
-        seed,
-        report.state,
-        report.val_accuracy,
-        report.test_accuracy,
-        report.epochs_run,
-        report.seconds,
-        run_id,
-        report.error,
+        **asdict(report),
+        number=trial.number,
+        label=label,
+        params=params,
+        seed=seed,
+        run_id=run_id,
     )
     if report.state == "COMPLETE":
         trial.set_user_attr("test_accuracy", report.test_accuracy)

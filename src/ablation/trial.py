@@ -10,7 +10,8 @@ crashes, or is killed, fails alone.
 Example:
     >>> from ablation.config import Choices, load_sweep
     >>> from ablation.data import load_images
-    >>> sweep = load_sweep("sweeps/blog.yaml", ["data.limit_per_class=10", "train.epochs=1"])
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["data.source=../shared/data/cats_and_dogs",
+    ...                                         "data.limit_per_class=10", "train.epochs=1"])
     >>> result = train(Choices(), seed=0, sweep=sweep, images=load_images(sweep.data))
     >>> 0.0 <= result.test_accuracy <= 1.0
     True

@@ -14,7 +14,6 @@ and stops the server, with every process it started, on Ctrl-C. A sweep whose
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -26,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from ablation.cli import configure_logging, sweep_parser
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 
@@ -145,21 +145,11 @@ def experiment_id(sweep: Sweep) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ablation.ui", description="Open a sweep's results in the MLflow UI."
-    )
-    parser.add_argument("sweep", help="the sweep file (YAML)")
+    parser = sweep_parser("python -m ablation.ui", "Open a sweep's results in the MLflow UI.")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the sweep file (repeatable)",
-    )
     args = parser.parse_args(argv)
+    configure_logging(args.debug)
     try:
         sweep = load_sweep(args.sweep, args.overrides)
         experiment = experiment_id(sweep)
@@ -172,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 time.sleep(3600)
     except UserError as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

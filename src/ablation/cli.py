@@ -1,0 +1,32 @@
+"""What the commands (``ablation.run``, ``ablation.report``, ``ablation.ui``) share."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with the sweep file, ``--set KEY=VALUE`` (repeatable) and ``--debug``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("sweep", help="the sweep file (YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the sweep file, e.g. train.epochs=1 (repeatable)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return parser
+
+
+def configure_logging(debug: bool) -> None:
+    """Warnings only, without MLflow's set-up notes or TensorFlow's retracing notes."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s"
+    )
+    if not debug:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
