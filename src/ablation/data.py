@@ -74,12 +74,6 @@ class Images:
     source: str
     file: Path | None = None  # where these decoded images are saved, if they are
 
-    def summary(self) -> str:
-        return (
-            f"{len(self.y_train)} train / {len(self.y_val)} validation / {len(self.y_test)} test "
-            f"images of {len(self.class_names)} classes ({', '.join(self.class_names)})"
-        )
-
 
 def resolve_source(source: str, cache_dir: str | None = None) -> Path:
     """The local folder behind ``data.source``, downloading and extracting a URL once.

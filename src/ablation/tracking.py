@@ -89,8 +89,7 @@ class Tracker:
         uri = tracking.tracking_uri()
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise UserError(f"tracking.uri: no MLflow store at {uri!r}; run the sweep first")
-        tracker = cls(tracking, experiment, create=False)
-        return tracker
+        return cls(tracking, experiment, create=False)
 
     def study_runs(self, study_name: str) -> tuple[Any | None, list[Any]]:
         """The study's parent run (or None) and its trial runs."""
