@@ -252,3 +252,25 @@ def test_same_configuration_and_seed_give_the_same_numbers(
     assert first.history["loss"] != other.history["loss"]
     weights = zip(first.model.get_weights(), second.model.get_weights(), strict=True)
     assert all(np.array_equal(a, b) for a, b in weights)
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path: Path, small_data: Path) -> None:
+    """With a learning rate too small to learn anything, nothing improves after epoch 1."""
+    sweep = load_sweep(
+        write_sweep(tmp_path, small_data, epochs=10, optimizer="sgd", lr=1e-12),
+        ["train.patience=2"],
+    )
+    images = load_images(sweep.data)
+    result = train(Choices(), seed=0, sweep=sweep, images=images)
+    assert result.epochs_run == 3 and result.best_epoch == 0  # stopped after 2 idle epochs
+    assert result.val_accuracy == result.history["val_accuracy"][0]
+    # The model holds the kept epoch's weights: its validation accuracy is that epoch's.
+    x_val = images.x_val.astype("float32")
+    predicted = np.argmax(result.model.predict(x_val, verbose=0), axis=1)
+    assert float(np.mean(predicted == images.y_val)) == pytest.approx(result.val_accuracy)
+
+    learning = load_sweep(write_sweep(tmp_path, small_data, epochs=6), ["train.patience=50"])
+    full = train(Choices(), seed=0, sweep=learning, images=images)
+    assert full.epochs_run == 6  # patience longer than the budget: every epoch runs
+    assert full.val_accuracy == full.history["val_accuracy"][full.best_epoch]
+    assert full.val_accuracy == max(full.history["val_accuracy"])

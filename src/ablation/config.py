@@ -147,6 +147,11 @@ class Train(_Section):
     epochs: PositiveInt = 20
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     learning_rate: PositiveFloat = 0.001
+    patience: PositiveInt | None = Field(
+        None,
+        description="stop after this many epochs without a better val_accuracy and keep the "
+        "best epoch's weights; off by default (the blog trains every epoch)",
+    )
     mixed_precision: bool = Field(
         False, description="float16 compute with float32 logits (for GPUs; slower on CPUs)"
     )

@@ -47,8 +47,10 @@ def open_storage(
         if is_url(storage):
             if storage.startswith("sqlite:///"):
                 Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # One process at a time creates the tables: machines that start together on a
+            # fresh database would otherwise collide on CREATE TABLE.
+            with lock(storage, "schema"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
                 return optuna.storages.RDBStorage(
                     storage,
                     heartbeat_interval=heartbeat_seconds,
@@ -71,17 +73,20 @@ def _engine_kwargs(url: str) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def study_lock(storage: str, study_name: str) -> Iterator[None]:
-    """Hold a lock that every process of this study, on every machine, respects.
+def lock(storage: str, name: str) -> Iterator[None]:
+    """Hold a named lock that every process using this storage, on every machine, respects.
 
-    Used around reading the study and enqueuing the missing grid points, so two
-    processes that join at once never enqueue the same point twice.
+    Used around creating the storage's tables, and around reading a study and
+    enqueuing its missing grid points, so that two processes that start at once
+    never collide or enqueue the same point twice.
     """
-    key = int(hashlib.sha256(f"ablation:{study_name}".encode()).hexdigest()[:15], 16)
+    key = int(hashlib.sha256(f"ablation:{name}".encode()).hexdigest()[:15], 16)
     if storage.startswith("postgresql"):
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(
+            storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
+        )
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
@@ -93,7 +98,9 @@ def study_lock(storage: str, study_name: str) -> Iterator[None]:
     if storage.startswith("mysql"):
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(
+            storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
+        )
         with engine.connect() as connection:
             connection.execute(
                 sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"ablation-{key}"}
@@ -107,7 +114,7 @@ def study_lock(storage: str, study_name: str) -> Iterator[None]:
         engine.dispose()
         return
     # A file on this machine (SQLite database or journal): an flock beside it.
-    path = Path(storage.removeprefix("sqlite:///")).with_suffix(f".{study_name}.lock")
+    path = Path(storage.removeprefix("sqlite:///")).with_suffix(f".{name}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

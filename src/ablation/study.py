@@ -36,7 +36,7 @@ from ablation import space as search_space
 from ablation.config import Sweep
 from ablation.errors import UserError, first_line
 from ablation.space import Params
-from ablation.storage import ask, fail_stale_trials, study_lock
+from ablation.storage import ask, fail_stale_trials, lock
 from ablation.tracking import TRIAL_TAG
 from ablation.trial import TrialReport
 
@@ -205,6 +205,8 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
         "batch_size": sweep.data.batch_size,
         "optimizer": sweep.train.optimizer,
         "learning_rate": sweep.train.learning_rate,
+        "patience": sweep.train.patience or "off",
+        "mixed_precision": sweep.train.mixed_precision,
         "image_size": "x".join(map(str, sweep.data.image_size)),
         "data_source": sweep.data.source,
         "data_sha256": images.fingerprint,
@@ -222,7 +224,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
     sweep_yaml = yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False)
     # Under the study's lock, so that processes joining at once (several machines)
     # share one parent run and never enqueue a grid point twice.
-    with study_lock(sweep.study.storage_url(), sweep.study.name):
+    with lock(sweep.study.storage_url(), f"study-{sweep.study.name}"):
         parent_id = tracker.study_run(
             sweep.study.name,
             {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},

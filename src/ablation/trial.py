@@ -50,6 +50,7 @@ class TrialResult:
     test_accuracy: float
     test_loss: float
     epochs_run: int
+    best_epoch: int  # 0-based: the epoch whose weights the model has
     seconds: float
     model: keras.Model
 
@@ -73,8 +74,9 @@ def train(
 ) -> TrialResult:
     """Train and test one configuration with one seed.
 
-    The validation metrics are those of the final epoch, i.e. of the model that
-    is tested and saved; the test set is touched once, after training.
+    The validation metrics are those of the model that is tested and saved: the
+    last epoch's or, with ``train.patience`` (early stopping), the best epoch's,
+    whose weights are restored. The test set is touched once, after training.
 
     Raises:
         FloatingPointError: The loss or a metric became NaN or infinite.
@@ -102,24 +104,38 @@ def train(
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"non-finite metric after epoch {epoch + 1}: {metrics}")
 
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
+    ]
+    early_stopping = None
+    if sweep.train.patience is not None:
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_accuracy",
+            mode="max",
+            patience=sweep.train.patience,
+            restore_best_weights=True,
+        )
+        callbacks.append(early_stopping)
     history = model.fit(
         train_dataset(images, batch_size, seed),
         validation_data=eval_dataset(images.x_val, images.y_val, batch_size),
         epochs=sweep.train.epochs,
-        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)],
+        callbacks=callbacks,
         shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
     ).history
     test = model.evaluate(
         eval_dataset(images.x_test, images.y_test, batch_size), verbose=0, return_dict=True
     )
+    kept = early_stopping.best_epoch if early_stopping else len(history["loss"]) - 1
     return TrialResult(
         history={k: [float(v) for v in values] for k, values in history.items()},
-        val_accuracy=float(history["val_accuracy"][-1]),
-        val_loss=float(history["val_loss"][-1]),
+        val_accuracy=float(history["val_accuracy"][kept]),
+        val_loss=float(history["val_loss"][kept]),
         test_accuracy=float(test["accuracy"]),
         test_loss=float(test["loss"]),
         epochs_run=len(history["loss"]),
+        best_epoch=kept,
         seconds=time.perf_counter() - started,
         model=model,
     )
@@ -201,9 +217,10 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
         metrics={
             "test_accuracy": result.test_accuracy,
             "test_loss": result.test_loss,
-            "final_val_accuracy": result.val_accuracy,
+            "model_val_accuracy": result.val_accuracy,  # of the weights tested and saved
             "best_val_accuracy": max(result.history["val_accuracy"]),
             "epochs_run": result.epochs_run,
+            "kept_epoch": result.best_epoch + 1,
             "train_seconds": result.seconds,
         },
         figure=accuracy_curves(result.history, spec.label),
