@@ -1,0 +1,207 @@
+"""The blog's four models: the blog's own recipe against the harness, same data, same run.
+
+    python bench/blog_vs_harness.py --data ../shared/data/cats_and_dogs --epochs 20
+    python bench/blog_vs_harness.py --epochs 2 --limit 100          # a few minutes
+    python bench/blog_vs_harness.py --epochs 20 --patience 3        # harness with early stopping
+
+(a) is the recipe as the blog writes it (``image_dataset_from_directory``, a test
+set taken from the validation batches, the four models, Adam, from logits),
+with Keras 3 syntax. (b) is ``ablation`` on the same four configurations, as a
+user runs it (each trial in its own process, MLflow records, model saved).
+Set KERAS_HOME to a folder with the MobileNetV2 weights when offline.
+Prints per model: wall seconds, test accuracy, and the ratio (a)/(b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+BLOG_LABELS = {
+    "model1": "cnn s{seed}",
+    "model2": "cnn+aug(0.2) s{seed}",
+    "model3": "cnn+aug(0.2)+prep s{seed}",
+    "model4": "mobilenet_v2+aug(0.2)+prep s{seed}",
+}
+HARNESS_SWEEPS = {
+    # model1..model3: augment off, or on with (no preprocessing | preprocessing).
+    "cnn": """
+space:
+  augment: {choice: [false, true]}
+  rotation: {choice: [0.2], when: {augment: true}}
+  preprocess: {choice: [none, mobilenet_v2], when: {augment: true}}
+  backbone: {choice: [cnn]}
+""",
+    "mobilenet": """
+space:
+  augment: {choice: [true]}
+  rotation: {choice: [0.2]}
+  preprocess: {choice: [mobilenet_v2]}
+  backbone: {choice: [mobilenet_v2]}
+""",
+}
+
+
+def limited_copy(data: Path, limit: int | None, into: Path) -> Path:
+    """The data itself, or a folder of links to the first ``limit`` images per class."""
+    if limit is None:
+        return data
+    from ablation.data import list_images
+
+    listing = list_images(data, limit)
+    for split, files in listing.files.items():
+        for path, label in files:
+            target = into / split / listing.class_names[label] / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+    return into
+
+
+def blog_recipe(data: Path, epochs: int, seed: int) -> dict[str, tuple[float, float]]:
+    """The blog's code, model by model: {model: (seconds, test accuracy)}."""
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    train_dataset = keras.utils.image_dataset_from_directory(
+        data / "train", shuffle=True, batch_size=32, image_size=(160, 160), verbose=False
+    )
+    validation_dataset = keras.utils.image_dataset_from_directory(
+        data / "validation", shuffle=True, batch_size=32, image_size=(160, 160), verbose=False
+    )
+    val_batches = int(validation_dataset.cardinality())
+    test_dataset = validation_dataset.take(val_batches // 5)
+    validation_dataset = validation_dataset.skip(val_batches // 5)
+    train_dataset = train_dataset.prefetch(tf.data.AUTOTUNE)
+    validation_dataset = validation_dataset.prefetch(tf.data.AUTOTUNE)
+    test_dataset = test_dataset.prefetch(tf.data.AUTOTUNE)
+
+    def augmentation() -> keras.Sequential:
+        return keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.2)])
+
+    def preprocessor() -> keras.Model:
+        i = keras.Input(shape=(160, 160, 3))
+        return keras.Model(i, keras.applications.mobilenet_v2.preprocess_input(i))
+
+    def cnn() -> list[layers.Layer]:
+        return [
+            layers.Conv2D(32, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(32, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.Flatten(),
+            layers.Dropout(0.2),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(2),
+        ]
+
+    def base() -> keras.Model:
+        model = keras.applications.MobileNetV2(
+            input_shape=(160, 160, 3), include_top=False, weights="imagenet"
+        )
+        model.trainable = False
+        return model
+
+    builders = {
+        "model1": lambda: [*cnn()],
+        "model2": lambda: [augmentation(), *cnn()],
+        "model3": lambda: [preprocessor(), augmentation(), *cnn()],
+        "model4": lambda: [
+            preprocessor(),
+            augmentation(),
+            base(),
+            layers.GlobalMaxPooling2D(),
+            layers.Dropout(0.2),
+            layers.Dense(2),
+        ],
+    }
+    results = {}
+    for name, build in builders.items():
+        started = time.perf_counter()
+        model = keras.Sequential([keras.Input(shape=(160, 160, 3)), *build()])
+        model.compile(
+            optimizer="adam",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(train_dataset, epochs=epochs, validation_data=validation_dataset, verbose=0)
+        _, accuracy = model.evaluate(test_dataset, verbose=0)
+        results[name] = (time.perf_counter() - started, float(accuracy))
+        print(f"  blog {name}: {results[name][0]:.0f} s, test accuracy {accuracy:.3f}", flush=True)
+    return results
+
+
+def harness(
+    data: Path, epochs: int, seed: int, patience: int | None, workdir: Path
+) -> dict[str, tuple[float, float]]:
+    """The same four models through ablation: {model: (seconds, test accuracy)}."""
+    from ablation import load_sweep, run_sweep
+
+    outcomes = {}
+    for name, space in HARNESS_SWEEPS.items():
+        path = workdir / f"{name}.yaml"
+        path.write_text(
+            f"study: {{name: bench-{name}, sampler: grid, seeds: [{seed}]}}\n"
+            f"data: {{source: {data}, image_size: [160, 160], batch_size: 32}}\n"
+            f"train: {{epochs: {epochs}, optimizer: adam, learning_rate: 0.001"
+            + (f", patience: {patience}" if patience else "")
+            + "}\n"
+            + space
+            + f"tracking: {{uri: sqlite:///{workdir}/mlflow.db, experiment: bench}}\n"
+        )
+        sweep = load_sweep(
+            path, [f"study.storage={workdir}/{name}.journal", f"data.cache_dir={workdir}/cache"]
+        )
+        for outcome in run_sweep(sweep).outcomes:
+            outcomes[outcome.label] = outcome
+    results = {}
+    for blog_name, label in BLOG_LABELS.items():
+        outcome = outcomes[label.format(seed=seed)]
+        results[blog_name] = (outcome.seconds, outcome.test_accuracy or 0.0)
+        print(
+            f"  harness {blog_name}: {outcome.seconds:.0f} s in its trial, "
+            f"{outcome.epochs_run} epoch(s), test accuracy {outcome.test_accuracy:.3f}",
+            flush=True,
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/cats_and_dogs"))
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--limit", type=int, help="images per class and split (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patience", type=int, help="early stopping for the harness")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        data = limited_copy(args.data.resolve(), args.limit, workdir / "data")
+        print(f"(a) the blog's recipe, {args.epochs} epoch(s)", flush=True)
+        started = time.perf_counter()
+        blog = blog_recipe(data, args.epochs, args.seed)
+        blog_total = time.perf_counter() - started
+        print(f"(b) the harness, {args.epochs} epoch(s)", flush=True)
+        started = time.perf_counter()
+        ours = harness(data, args.epochs, args.seed, args.patience, workdir)
+        ours_total = time.perf_counter() - started
+    print("\n| model | blog s | blog test acc | harness s | harness test acc | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name in BLOG_LABELS:
+        (a_s, a_acc), (b_s, b_acc) = blog[name], ours[name]
+        print(f"| {name} | {a_s:.0f} | {a_acc:.3f} | {b_s:.0f} | {b_acc:.3f} | {a_s / b_s:.2f} |")
+    print(
+        f"| total (wall, incl. data loading and start-up) | {blog_total:.0f} | | "
+        f"{ours_total:.0f} | | {blog_total / ours_total:.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
