@@ -6,6 +6,9 @@ Usage::
     python -m ablation.run sweeps/blog.yaml --set data.source=../shared/data/cats_and_dogs \\
         --set data.limit_per_class=20 --set train.epochs=1
     python -m ablation.run sweeps/blog.yaml --dry-run
+    python -m ablation.run sweeps/blog.yaml --workers 2            # two trials side by side
+    python -m ablation.run sweeps/blog.yaml --storage postgresql://db/optuna \
+        --tracking-uri http://db:5000                                # one of several machines
 
 Running the same command again continues the study: finished trials are kept.
 Exit codes: 0 done, 1 some trials failed, 2 bad input, 130 interrupted.
