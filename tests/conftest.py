@@ -70,3 +70,18 @@ def load_study(workdir: Path, name: str):  # type: ignore[no-untyped-def]
 
     storage = open_storage(str(workdir / "mlruns" / "optuna.journal"))
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: int = 900):  # type: ignore[no-untyped-def]
+    """``python -m MODULE ARGS`` as a user runs it, output captured."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -7,7 +7,6 @@ import io
 import re
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from mlflow import MlflowClient
 from ablation import load_sweep, run_sweep
 from ablation.report import PLOTS, build_report, render
 from ablation.tracking import Tracker
+from conftest import run_module
 
 SWEEP = """
 study: {{name: {name}, sampler: grid, seeds: {seeds}, isolation: none}}
@@ -70,14 +70,7 @@ def summary_parent(tracker: Tracker, study: str) -> str:
 
 
 def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ablation.report", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_module("ablation.report", *args, cwd=cwd, timeout=600)
 
 
 def complete_runs(workdir: Path, study: str) -> dict[str, list[tuple[int, float, float]]]:

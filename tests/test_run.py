@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import CATS_AND_DOGS, REPO
+from conftest import CATS_AND_DOGS, REPO, run_module
 
 BLOG = REPO / "sweeps" / "blog.yaml"
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ablation.run", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    return run_module("ablation.run", *args, cwd=cwd)
 
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+
+from ablation.errors import UserError
 
 
 def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -30,3 +33,11 @@ def configure_logging(debug: bool) -> None:
     if not debug:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def user_error(exc: UserError, debug: bool) -> int:
+    """A user's mistake as one line on stderr and exit code 2; ``--debug`` keeps the traceback."""
+    if debug:
+        raise exc
+    print(f"error: {exc}", file=sys.stderr)
+    return 2

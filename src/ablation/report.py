@@ -37,7 +37,7 @@ from ablation.analysis import (
     configuration_table,
     state_counts,
 )
-from ablation.cli import configure_logging, sweep_parser
+from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import DEFAULT_OUTPUT_DIR, Scalar, Sweep, load_sweep
 from ablation.errors import UserError, first_line
 
@@ -474,10 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             written = write_figures(report, directory)
             print(f"figures: {', '.join(str(p) for p in written)}", file=sys.stderr)
     except UserError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return user_error(exc, args.debug)
     return 0
 
 

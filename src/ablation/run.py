@@ -29,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ablation.cli import configure_logging, sweep_parser
+from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 from ablation.study import TrialOutcome, plan, run_sweep
@@ -193,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             reporter.close()
     except UserError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return user_error(exc, args.debug)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume the study", file=sys.stderr)
         return 130

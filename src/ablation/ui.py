@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ablation.cli import configure_logging, sweep_parser
+from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 
@@ -162,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 time.sleep(3600)
     except UserError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return user_error(exc, args.debug)
     except KeyboardInterrupt:
         return 0
 
