@@ -31,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -98,7 +99,14 @@ class Study(_Section):
     trials: PositiveInt | None = Field(
         None, description="number of trials for tpe/random; a grid runs every point"
     )
-    pruner: Literal["none", "median"] = "none"
+    pruner: Literal["none", "median"] = Field(
+        "none",
+        description="median: stop a trial whose val_accuracy after an epoch is below the median "
+        "of earlier trials' at that epoch (once 5 trials have run)",
+    )
+    prune_after: NonNegativeInt = Field(
+        5, description="epochs every trial runs before the pruner may stop it"
+    )
     isolation: Literal["process", "none"] = Field(
         "process", description="run each trial in a fresh process (robust) or in this one"
     )
@@ -154,6 +162,11 @@ class Train(_Section):
     )
     mixed_precision: bool = Field(
         False, description="float16 compute with float32 logits (for GPUs; slower on CPUs)"
+    )
+    cache_features: bool = Field(
+        True,
+        description="compute a frozen backbone's features once and train only the head on "
+        "them where that is exact (see ablation.features); false runs the whole model",
     )
 
 

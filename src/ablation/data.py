@@ -308,13 +308,14 @@ def load_images(config: Data) -> Images:
     return images
 
 
-def train_dataset(images: Images, batch_size: int, seed: int):  # -> tf.data.Dataset
-    """The training set, reshuffled every epoch in an order fixed by ``seed``; prefetched."""
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):  # -> tf.data.Dataset
+    """A training set (images or features), reshuffled every epoch in an order fixed by
+    ``seed``; prefetched."""
     import tensorflow as tf
 
     return (
-        tf.data.Dataset.from_tensor_slices((images.x_train, images.y_train))
-        .shuffle(len(images.y_train), seed=seed, reshuffle_each_iteration=True)
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
         .map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
@@ -322,7 +323,7 @@ def train_dataset(images: Images, batch_size: int, seed: int):  # -> tf.data.Dat
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):  # -> tf.data.Dataset
-    """A validation or test set: fixed order, no augmentation, prefetched."""
+    """A validation or test set (images or features): fixed order, prefetched."""
     import tensorflow as tf
 
     return (

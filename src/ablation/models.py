@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import keras
 
 MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+AUGMENTATION = "augmentation"  # the name of the random augmentation block
 
 
 def build_model(
@@ -92,7 +93,7 @@ def augmentation(choices: Choices, seed: int | None = None) -> keras.Sequential:
             layers.RandomFlip(choices.flip, seed=seed, name="random_flip"),
             layers.RandomRotation(choices.rotation, seed=seed, name="random_rotation"),
         ],
-        name="augmentation",
+        name=AUGMENTATION,
     )
 
 

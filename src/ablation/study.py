@@ -26,6 +26,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -58,6 +59,7 @@ class TrialOutcome(TrialReport):
     params: Params
     seed: int
     run_id: str | None = None
+    wall_seconds: float = 0.0  # as the study saw it: process start, training, recording
 
 
 @dataclass
@@ -117,7 +119,7 @@ def plan(sweep: Sweep) -> list[str]:
         lines = [
             f"study {study.name!r}: grid of {len(configurations)} configuration(s) x "
             f"{len(study.seeds)} seed(s) = {len(configurations) * len(study.seeds)} trial(s), "
-            f"{sweep.train.epochs} epoch(s) each"
+            f"{_epochs(sweep)}"
         ]
         for params in configurations:
             blog = search_space.blog_name(params)
@@ -126,8 +128,19 @@ def plan(sweep: Sweep) -> list[str]:
         return lines
     return [
         f"study {study.name!r}: {study.trials} trial(s) sampled by {study.sampler} over "
-        f"{', '.join(sweep.space)}; seeds {study.seeds}; {sweep.train.epochs} epoch(s) each"
+        f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}"
     ]
+
+
+def _epochs(sweep: Sweep) -> str:
+    """How long each trial trains, e.g. ``20 epoch(s) each``."""
+    text = f"{sweep.train.epochs} epoch(s) each"
+    stops = []
+    if sweep.train.patience is not None:
+        stops.append(f"early stopping after {sweep.train.patience} without progress")
+    if sweep.study.pruner != "none":
+        stops.append(f"{sweep.study.pruner} pruning from epoch {sweep.study.prune_after + 1}")
+    return f"{text} at most ({'; '.join(stops)})" if stops else text
 
 
 def _format_params(params: Params) -> str:
@@ -148,7 +161,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
     else:  # a grid's points are all enqueued, so its sampler never picks a value
         sampler = optuna.samplers.RandomSampler(seed=seed)
     pruner: optuna.pruners.BasePruner = (
-        optuna.pruners.MedianPruner()
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=sweep.study.prune_after)
         if sweep.study.pruner == "median"
         else optuna.pruners.NopPruner()
     )
@@ -377,6 +390,7 @@ def _run_trial(
     choices = search_space.choices(params)
     reporter.trial_started(index, context.total, label)
     run_id: str | None = None
+    started = time.perf_counter()
     try:
         with heartbeat(study, trial._trial_id):
             run_id = tracker.start_trial(
@@ -414,6 +428,7 @@ def _run_trial(
         params=params,
         seed=seed,
         run_id=run_id,
+        wall_seconds=time.perf_counter() - started,
     )
     if report.state == "COMPLETE":
         trial.set_user_attr("test_accuracy", report.test_accuracy)

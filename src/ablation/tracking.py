@@ -158,8 +158,9 @@ class Tracker:
         figure: Figure | None = None,
         model: keras.Model | None = None,
         state: str = "COMPLETE",
+        tags: Mapping[str, str] | None = None,
     ) -> None:
-        """Log the final metrics and artifacts, then end the run as FINISHED."""
+        """Log the final metrics, tags and artifacts, then end the run as FINISHED."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -173,6 +174,8 @@ class Tracker:
                 path = Path(tmp) / "model.keras"
                 model.save(path)
                 self.client.log_artifact(run_id, str(path))
+        for name, value in (tags or {}).items():
+            self.client.set_tag(run_id, name, value)
         self.client.set_tag(run_id, STATE_TAG, state)
         self.client.set_terminated(run_id, status="FINISHED")
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ablation.config import Choices, Sweep
 from ablation.data import Images, eval_dataset, train_dataset
 from ablation.errors import first_line
+from ablation.features import cacheable_splits, feature_key, frozen_parts, load_features
 from ablation.models import build_model, compile_model
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ class TrialResult:
     test_loss: float
     epochs_run: int
     best_epoch: int  # 0-based: the epoch whose weights the model has
-    seconds: float
+    seconds: float  # all of train(): build, features, fit, test
+    setup_seconds: float  # building the model and getting the cached features
+    cached_splits: tuple[str, ...]  # the splits that went through cached backbone features
     model: keras.Model
 
 
@@ -77,6 +80,8 @@ def train(
     The validation metrics are those of the model that is tested and saved: the
     last epoch's or, with ``train.patience`` (early stopping), the best epoch's,
     whose weights are restored. The test set is touched once, after training.
+    With ``train.cache_features``, a frozen backbone's features come from
+    :mod:`ablation.features` for the splits where that is exact.
 
     Raises:
         FloatingPointError: The loss or a metric became NaN or infinite.
@@ -96,6 +101,19 @@ def train(
     )
     compile_model(model, sweep.train.optimizer, sweep.train.learning_rate)
     batch_size = sweep.data.batch_size
+    parts = frozen_parts(model) if sweep.train.cache_features else None
+    features: dict[str, Any] = {}
+    if parts is not None:
+        compile_model(parts.head, sweep.train.optimizer, sweep.train.learning_rate)
+        features = load_features(
+            parts.extractor,
+            images,
+            cacheable_splits(choices),
+            key=feature_key(sweep, images, choices),
+            cache_dir=sweep.data.cache_dir,
+            batch_size=batch_size,
+        )
+    setup_seconds = time.perf_counter() - started
 
     def end_of_epoch(epoch: int, logs: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in logs.items()}
@@ -116,17 +134,31 @@ def train(
             restore_best_weights=True,
         )
         callbacks.append(early_stopping)
-    history = model.fit(
-        train_dataset(images, batch_size, seed),
-        validation_data=eval_dataset(images.x_val, images.y_val, batch_size),
+
+    fitted, train_data = model, train_dataset(images.x_train, images.y_train, batch_size, seed)
+    validation = eval_dataset(images.x_val, images.y_val, batch_size)
+    if parts is not None and "train" in features:
+        fitted = parts.head
+        train_data = train_dataset(features["train"], images.y_train, batch_size, seed)
+    if parts is not None and "val" in features:
+        validation = eval_dataset(features["val"], images.y_val, batch_size)
+        if fitted is model:  # augmented images in, cached features for validation
+            callbacks.insert(0, _validation_through(parts.head, validation))
+            validation = None
+    history = fitted.fit(
+        train_data,
+        validation_data=validation,
         epochs=sweep.train.epochs,
         callbacks=callbacks,
         shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
     ).history
-    test = model.evaluate(
-        eval_dataset(images.x_test, images.y_test, batch_size), verbose=0, return_dict=True
-    )
+
+    if parts is not None and "test" in features:
+        tested, test_data = parts.head, eval_dataset(features["test"], images.y_test, batch_size)
+    else:
+        tested, test_data = model, eval_dataset(images.x_test, images.y_test, batch_size)
+    test = tested.evaluate(test_data, verbose=0, return_dict=True)
     kept = early_stopping.best_epoch if early_stopping else len(history["loss"]) - 1
     return TrialResult(
         history={k: [float(v) for v in values] for k, values in history.items()},
@@ -137,8 +169,27 @@ def train(
         epochs_run=len(history["loss"]),
         best_epoch=kept,
         seconds=time.perf_counter() - started,
+        setup_seconds=setup_seconds,
+        cached_splits=tuple(features),
         model=model,
     )
+
+
+def _validation_through(head: keras.Model, validation: Any) -> keras.callbacks.Callback:
+    """A callback that validates through ``head`` (on cached features) after each epoch.
+
+    It runs first, so the ``val_*`` metrics it adds to the logs are there for early
+    stopping, pruning and the history, as if ``fit`` had computed them.
+    """
+    import keras
+
+    class ValidateThroughHead(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            results = head.evaluate(validation, verbose=0, return_dict=True)
+            if logs is not None:
+                logs.update({f"val_{name}": float(value) for name, value in results.items()})
+
+    return ValidateThroughHead()
 
 
 @dataclass(frozen=True)
@@ -162,7 +213,8 @@ class TrialReport:
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     epochs_run: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # in train(): model build, features, fit and test
+    setup_seconds: float = 0.0  # of which building the model and getting cached features
     error: str | None = None
 
 
@@ -222,7 +274,9 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
             "epochs_run": result.epochs_run,
             "kept_epoch": result.best_epoch + 1,
             "train_seconds": result.seconds,
+            "setup_seconds": result.setup_seconds,
         },
+        tags={"ablation.cached_features": ",".join(result.cached_splits) or "none"},
         figure=accuracy_curves(result.history, spec.label),
         model=result.model,
     )
@@ -232,6 +286,7 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
         test_accuracy=result.test_accuracy,
         epochs_run=result.epochs_run,
         seconds=result.seconds,
+        setup_seconds=result.setup_seconds,
     )
 
 
