@@ -32,6 +32,9 @@ def error_of(path: Path, overrides: list[str] | None = None) -> str:
     return message
 
 
+TPE = ["study.sampler=tpe", "study.trials=4"]
+
+
 def test_blog_sweep_is_the_blog_setting() -> None:
     sweep = load_sweep(BLOG)
     assert sweep.study.sampler == "grid" and sweep.study.seeds == [0]
@@ -92,7 +95,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
             ["space.backbone.choice=[resnet50]"],
             "'resnet50' is not allowed (allowed: cnn, mobilenet_v2)",
         ),
-        (["space.rotation.choice=[2.0]"], "rotation: 2.0 is not allowed (a float from 0.0 to 1.0)"),
+        (["space.rotation.choice=[2.0]"], "rotation: 2.0 is not allowed (a number >= 0 and <= 1)"),
         (["space.augment.choice=[]"], "space.augment.choice: List should have at least 1 item"),
         (["space.augment.choice=[true, true]"], "value True is listed twice"),
         (["space.depth.choice=[1]"], "unknown factor 'depth'; allowed: backbone, preprocess"),
@@ -106,8 +109,43 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
         ),
         (
             ["space.augment.choise=[true]"],
-            "unknown key 'space.augment.choise'; allowed: choice, when",
+            "unknown key 'space.augment.choise'; allowed: choice, low, high, log, when",
         ),
+        (
+            ["space.learning_rate={low: 0.0001, high: 0.01, log: true}"],
+            "space.learning_rate: a grid needs a choice list for every factor",
+        ),
+        (
+            [*TPE, "space.learning_rate={low: 0.01, high: 0.001}"],
+            "'low' (0.01) must be below 'high' (0.001)",
+        ),
+        ([*TPE, "space.learning_rate={low: 0.01}"], "a range needs both 'low' and 'high'"),
+        (
+            [*TPE, "space.learning_rate={choice: [0.001], low: 0.1}"],
+            "give either 'choice' or 'low'/'high'/'log', not both",
+        ),
+        (
+            [*TPE, "space.label_smoothing={low: 0, high: 0.2, log: true}"],
+            "a log-scale range needs 'low' above 0",
+        ),
+        ([*TPE, "space.pooling={low: 0, high: 1}"], "pooling: a range is for numeric factors"),
+        (
+            [*TPE, "space.fine_tune_layers={low: 1.5, high: 10}"],
+            "fine_tune_layers: the range of an integer factor needs whole numbers",
+        ),
+        (
+            [*TPE, "space.learning_rate={low: 0.0001, high: 2}"],
+            "learning_rate: 2.0 is not allowed (a number > 0 and <= 1)",
+        ),
+        (
+            [
+                *TPE,
+                "space.rotation.when={learning_rate: 0.1}",
+                "space.learning_rate={low: 0.01, high: 0.2}",
+            ],
+            "rotation.when names 'learning_rate', a range; 'when' needs choices",
+        ),
+        (["space.dropout.choice=[1.0]"], "dropout: 1.0 is not allowed (a number >= 0 and < 1)"),
         (["data.image_size=[160]"], "data.image_size"),
         (["data.test_fraction=1.5"], "data.test_fraction: Input should be less than 1"),
         (
@@ -121,6 +159,12 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides: list[str], expected: str) -> None:
     assert expected in error_of(BLOG, overrides)
+
+
+def test_a_range_is_sampled_by_tpe() -> None:
+    sweep = load_sweep(BLOG, [*TPE, "space.learning_rate={low: 0.0001, high: 0.01, log: true}"])
+    rate = sweep.space["learning_rate"]
+    assert rate.is_range and (rate.low, rate.high, rate.log) == (0.0001, 0.01, True)
 
 
 def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from ablation.config import Choices, Model
 from ablation.errors import UserError
-from ablation.models import build_model, weights_fingerprint
+from ablation.models import build_model, compile_model, unfreeze_top, weights_fingerprint
 from ablation.space import BLOG_MODELS, choices
 from conftest import SMALL_WEIGHTS, WEIGHTS
 
@@ -155,3 +155,67 @@ def test_mixed_precision_computes_in_float16_with_float32_logits() -> None:
     finally:
         plain = build_model(Choices(), image_size=(32, 32), num_classes=2)
     assert plain.get_layer("conv2d").compute_dtype == "float32"  # and back, for the next trial
+
+
+# Beyond the blog: each factor's effect on the built model.
+
+SMALL_MOBILENET = Model(weights=str(SMALL_WEIGHTS), alpha=0.35)
+
+
+def small_mobilenet(**factors: object):  # type: ignore[no-untyped-def]
+    return build_model(
+        Choices(backbone="mobilenet_v2", **factors),  # type: ignore[arg-type]
+        image_size=(64, 64),
+        num_classes=2,
+        model=SMALL_MOBILENET,
+    )
+
+
+def test_pooling_average_or_max() -> None:
+    assert "global_max_pooling2d" in layer_names(small_mobilenet())
+    average = small_mobilenet(pooling="avg")
+    assert "global_average_pooling2d" in layer_names(average)
+    assert "global_max_pooling2d" not in layer_names(average)
+
+
+def test_dropout_rate_on_both_backbones() -> None:
+    assert small_mobilenet(dropout=0.5).get_layer("dropout").rate == 0.5
+    cnn = build_model(Choices(dropout=0.35), image_size=(32, 32), num_classes=2)
+    assert cnn.get_layer("dropout").rate == 0.35
+
+
+def test_label_smoothing_is_categorical_crossentropy_with_smoothed_targets() -> None:
+    import keras
+
+    y = np.array([0, 1, 1, 0])
+    logits = np.array([[2.0, -1.0], [0.5, 0.3], [-3.0, 3.0], [0.0, 0.0]], dtype="float32")
+    for smoothing in (0.0, 0.1, 0.3):
+        model = build_model(Choices(), image_size=(32, 32), num_classes=2)
+        compile_model(model, "adam", 0.001, label_smoothing=smoothing)
+        expected = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
+        got = model.compute_loss(x=None, y=y, y_pred=logits)
+        want = expected(np.eye(2)[y], logits)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+
+
+def test_unfreeze_top_layers_keeps_batchnorm_frozen() -> None:
+    from keras import layers
+
+    model = small_mobilenet()
+    base = model.layers[1]
+    assert base.trainable is False
+    frozen_trainable = len(model.trainable_weights)
+    unfrozen = unfreeze_top(model, 10)
+    top = base.layers[-10:]
+    for layer in base.layers:
+        if layer in top and not isinstance(layer, layers.BatchNormalization):
+            assert layer.trainable, layer.name
+        else:
+            assert not layer.trainable, layer.name
+    assert any(isinstance(layer, layers.BatchNormalization) for layer in top)
+    assert unfrozen == [layer.name for layer in top if layer.trainable and layer.weights]
+    assert len(model.trainable_weights) == frozen_trainable + sum(
+        len(layer.trainable_weights) for layer in top
+    )
+    with pytest.raises(ValueError, match="no pretrained backbone"):
+        unfreeze_top(build_model(Choices(), image_size=(32, 32), num_classes=2), 3)

@@ -99,3 +99,47 @@ def test_labels_and_blog_names() -> None:
     # A setting that does nothing (rotation without augmentation) does not change the model.
     assert blog_name({"augment": False, "rotation": 0.1, "backbone": "cnn"}) == "model1"
     assert choices({"augment": True}).rotation == 0.2
+
+
+def test_ranges_are_sampled_within_bounds_on_their_scale() -> None:
+    space = {
+        "backbone": Param(choice=["mobilenet_v2"]),
+        "learning_rate": Param(low=1e-4, high=1e-2, log=True),
+        "dropout": Param(low=0.0, high=0.5),
+        "fine_tune_layers": Param(low=0, high=60, when={"backbone": "mobilenet_v2"}),
+    }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    rates = []
+    for _ in range(40):
+        trial = study.ask()
+        params = suggest(trial, space)
+        assert 1e-4 <= params["learning_rate"] <= 1e-2
+        assert 0.0 <= params["dropout"] <= 0.5
+        assert isinstance(params["fine_tune_layers"], int) and 0 <= params["fine_tune_layers"] <= 60
+        choices(params)  # every sampled point is a valid configuration
+        rates.append(params["learning_rate"])
+        study.tell(trial, 0.5)
+    # On a log scale about half the samples fall below the geometric middle (1e-3).
+    assert 10 <= sum(rate < 1e-3 for rate in rates) <= 30
+    distribution = study.trials[0].distributions["learning_rate"]
+    assert isinstance(distribution, optuna.distributions.FloatDistribution) and distribution.log
+
+
+def test_labels_name_the_factors_beyond_the_blog() -> None:
+    params = {
+        "backbone": "mobilenet_v2",
+        "preprocess": "mobilenet_v2",
+        "pooling": "avg",
+        "dropout": 0.3,
+        "learning_rate": 0.00031,
+        "label_smoothing": 0.1,
+        "fine_tune_layers": 40,
+        "fine_tune_epochs": 5,
+    }
+    assert (
+        label(params, seed=0) == "mobilenet_v2+prep+avgpool+drop0.3+lr0.00031+smooth0.1+ft40x5 s0"
+    )
+    # Settings that do nothing for the CNN (pooling, fine-tuning) neither show nor count.
+    cnn = {"backbone": "cnn", "pooling": "avg", "fine_tune_layers": 10}
+    assert label(cnn) == "cnn"
+    assert blog_name(cnn) == "model1"

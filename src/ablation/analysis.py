@@ -48,6 +48,7 @@ class TrialRecord:
     seed: int
     state: str  # one of STATES
     val_accuracy: float | None = None  # best epoch
+    model_val_accuracy: float | None = None  # of the weights tested and saved
     test_accuracy: float | None = None
     epochs_run: int = 0
     seconds: float = 0.0

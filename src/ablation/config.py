@@ -68,23 +68,61 @@ class Choices(_Section):
     augment: bool = False
     flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
     rotation: float = Field(0.2, ge=0.0, le=1.0, description="fraction of a full turn")
+    # Beyond the blog; each default is the blog's model.
+    pooling: Literal["max", "avg"] = Field("max", description="MobileNetV2's global pooling")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate before the last layers")
+    learning_rate: float | None = Field(
+        None, gt=0.0, le=1.0, description="the optimizer's; unset: train.learning_rate"
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    fine_tune_layers: int = Field(
+        0,
+        ge=0,
+        description="after the head has trained, unfreeze the backbone's top N layers "
+        "(BatchNorm stays frozen) and train on at a tenth of the learning rate; 0: off",
+    )
+    fine_tune_epochs: int = Field(10, ge=1, description="epochs of the fine-tuning phase")
 
 
 class Param(_Section):
-    """One searched factor: the values to try, and when the factor exists at all."""
+    """One searched factor: the values to try (``choice``) or a numeric range to sample
+    (``low``, ``high``, ``log``; tpe and random samplers), and when the factor exists."""
 
-    choice: list[Scalar] = Field(min_length=1)
+    choice: list[Scalar] | None = Field(None, min_length=1)
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="sample the range on a log scale")
     when: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
 
     @field_validator("choice")
     @classmethod
-    def _distinct(cls, values: list[Scalar]) -> list[Scalar]:
+    def _distinct(cls, values: list[Scalar] | None) -> list[Scalar] | None:
         seen: list[Scalar] = []
-        for value in values:
+        for value in values or []:
             if any(value == s and type(value) is type(s) for s in seen):
                 raise ValueError(f"value {value!r} is listed twice")
             seen.append(value)
         return values
+
+    @model_validator(mode="after")
+    def _choice_or_range(self) -> Param:
+        has_range = self.low is not None or self.high is not None
+        if self.choice is None and not has_range:
+            raise ValueError("give 'choice: [...]' or a range 'low: X, high: Y'")
+        if self.choice is not None and (has_range or self.log):
+            raise ValueError("give either 'choice' or 'low'/'high'/'log', not both")
+        if has_range:
+            if self.low is None or self.high is None:
+                raise ValueError("a range needs both 'low' and 'high'")
+            if self.low >= self.high:
+                raise ValueError(f"'low' ({self.low:g}) must be below 'high' ({self.high:g})")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scale range needs 'low' above 0")
+        return self
+
+    @property
+    def is_range(self) -> bool:
+        return self.choice is None
 
     def condition(self, name: str) -> list[Scalar]:
         """The values of factor ``name`` under which this one is active."""
@@ -209,7 +247,9 @@ class Sweep(_Section):
         for name, param in space.items():
             if name not in Choices.model_fields:
                 raise ValueError(f"unknown factor {name!r}; allowed: {', '.join(allowed)}")
-            for value in param.choice:
+            if param.is_range:
+                _check_range(name, param)
+            for value in param.choice or []:
                 _check_value(name, value)
             for other in param.when:
                 if other == name:
@@ -219,6 +259,8 @@ class Sweep(_Section):
                         f"{name}.when names {other!r}, which is not in the space; "
                         f"allowed: {', '.join(n for n in space if n != name)}"
                     )
+                if space[other].choice is None:
+                    raise ValueError(f"{name}.when names {other!r}, a range; 'when' needs choices")
                 for value in param.condition(other):
                     if value not in space[other].choice:
                         raise ValueError(
@@ -226,6 +268,16 @@ class Sweep(_Section):
                             f"{space[other].choice}"
                         )
         return space
+
+    @model_validator(mode="after")
+    def _grid_needs_choices(self) -> Sweep:
+        ranges = [name for name, param in self.space.items() if param.is_range]
+        if self.study.sampler == "grid" and ranges:
+            raise ValueError(
+                f"space.{ranges[0]}: a grid needs a choice list for every factor "
+                "(ranges are for the tpe and random samplers)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resolve_default_stores(self) -> Sweep:
@@ -248,6 +300,23 @@ def _check_value(name: str, value: Scalar) -> None:
         raise ValueError(f"{name}: {value!r} is not allowed ({_allowed(name)})") from exc
 
 
+def _check_range(name: str, param: Param) -> None:
+    annotation = Choices.model_fields[name].annotation
+    if annotation in (bool, str) or getattr(annotation, "__origin__", None) is Literal:
+        raise ValueError(f"{name}: a range is for numeric factors; give 'choice: [...]'")
+    for bound in (param.low, param.high):
+        value: Scalar = bound if bound is not None else 0.0
+        if annotation is int:
+            if not float(value).is_integer():
+                raise ValueError(f"{name}: the range of an integer factor needs whole numbers")
+            value = int(value)
+        _check_value(name, value)
+
+
+def is_integer_factor(name: str) -> bool:
+    return Choices.model_fields[name].annotation is int
+
+
 def _allowed(name: str) -> str:
     field = Choices.model_fields[name]
     annotation = field.annotation
@@ -255,11 +324,14 @@ def _allowed(name: str) -> str:
         return "allowed: " + ", ".join(map(str, annotation.__args__))
     if annotation is bool:
         return "allowed: true, false"
-    bounds = {type(m).__name__: m for m in field.metadata}
-    text = f"a {annotation.__name__}"
-    if "Ge" in bounds and "Le" in bounds:
-        text += f" from {bounds['Ge'].ge} to {bounds['Le'].le}"
-    return text
+    bounds = []
+    for constraint in field.metadata:
+        for attribute, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            value = getattr(constraint, attribute, None)
+            if value is not None:
+                bounds.append(f"{word} {value:g}")
+    kind = "a whole number" if annotation is int else "a number"
+    return " ".join([kind, " and ".join(bounds)]).strip()
 
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:

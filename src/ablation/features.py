@@ -34,7 +34,7 @@ import numpy as np
 
 from ablation.config import Choices, Sweep
 from ablation.data import Images, eval_dataset
-from ablation.models import AUGMENTATION, weights_fingerprint
+from ablation.models import AUGMENTATION, backbone_of, weights_fingerprint
 
 if TYPE_CHECKING:
     import keras
@@ -69,16 +69,10 @@ def frozen_parts(model: keras.Model) -> FrozenParts | None:
     import keras
 
     layers = model.layers[1:]  # after the input
-    backbone = next(
-        (
-            i
-            for i, layer in enumerate(layers)
-            if isinstance(layer, keras.Model) and layer.name != AUGMENTATION
-        ),
-        None,
-    )
-    if backbone is None or layers[backbone].trainable:
+    found = backbone_of(model)
+    if found is None or found.trainable:
         return None
+    backbone = layers.index(found)
     image = keras.Input(shape=model.input_shape[1:], name="image")
     x = image
     for layer in layers[:backbone]:

@@ -13,7 +13,8 @@ backbone, and a two-logit head::
 Backbones:
     cnn: the blog's small CNN (three 3x3 convolutions, two max-poolings, dropout, two dense).
     mobilenet_v2: MobileNetV2 with frozen ImageNet weights (run in inference mode),
-        global max pooling, dropout 0.2, Dense(num_classes).
+        global max (or average) pooling, dropout, Dense(num_classes). Fine-tuning
+        unfreezes its top layers afterwards (:func:`unfreeze_top`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ablation.config import Choices, Model
 from ablation.errors import UserError, first_line
@@ -72,13 +73,16 @@ def build_model(
         x = layers.MaxPooling2D(name="max_pooling2d_1")(x)
         x = layers.Conv2D(64, 3, activation="relu", name="conv2d_2")(x)
         x = layers.Flatten(name="flatten")(x)
-        x = layers.Dropout(0.2, seed=seed, name="dropout")(x)
+        x = layers.Dropout(choices.dropout, seed=seed, name="dropout")(x)
         x = layers.Dense(64, activation="relu", name="dense")(x)
     else:
         base = mobilenet_v2_base(image_size, model)
-        x = base(x, training=False)
-        x = layers.GlobalMaxPooling2D(name="global_max_pooling2d")(x)
-        x = layers.Dropout(0.2, seed=seed, name="dropout")(x)
+        x = base(x, training=False)  # BatchNorm in inference mode, fine-tuned or not
+        if choices.pooling == "avg":
+            x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
+        else:
+            x = layers.GlobalMaxPooling2D(name="global_max_pooling2d")(x)
+        x = layers.Dropout(choices.dropout, seed=seed, name="dropout")(x)
     outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=choices.backbone)
 
@@ -154,8 +158,53 @@ def weights_fingerprint(image_size: tuple[int, int], model: Model) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def compile_model(model: keras.Model, optimizer: str, learning_rate: float) -> None:
-    """Compile with the blog's loss (from logits, integer labels) and accuracy."""
+def backbone_of(model: keras.Model) -> keras.Model | None:
+    """The pretrained backbone inside a model from :func:`build_model` (None for the CNN)."""
+    import keras
+
+    return next(
+        (
+            layer
+            for layer in model.layers
+            if isinstance(layer, keras.Model) and layer.name != AUGMENTATION
+        ),
+        None,
+    )
+
+
+def unfreeze_top(model: keras.Model, count: int) -> list[str]:
+    """Make the backbone's top ``count`` layers trainable, BatchNorm layers excepted.
+
+    BatchNorm layers stay frozen, and so in inference mode (their moving statistics
+    are ImageNet's): updating them on small batches of a small dataset wrecks what
+    the backbone learned. Returns the names of the layers made trainable.
+
+    Raises:
+        ValueError: The model has no pretrained backbone.
+    """
+    from keras import layers
+
+    backbone = backbone_of(model)
+    if backbone is None:
+        raise ValueError(f"model {model.name!r} has no pretrained backbone to fine-tune")
+    backbone.trainable = True
+    top = {id(layer) for layer in backbone.layers[-count:]} if count > 0 else set()
+    unfrozen = []
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in top and not isinstance(layer, layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen
+
+
+def compile_model(
+    model: keras.Model, optimizer: str, learning_rate: float, label_smoothing: float = 0.0
+) -> None:
+    """Compile with the blog's loss (cross-entropy from logits, integer labels) and accuracy.
+
+    With ``label_smoothing`` the targets are ``(1 - s) * one_hot + s / classes``, as in
+    ``keras.losses.CategoricalCrossentropy(label_smoothing=s)``.
+    """
     import keras
 
     optimizers = {
@@ -163,8 +212,29 @@ def compile_model(model: keras.Model, optimizer: str, learning_rate: float) -> N
         "sgd": keras.optimizers.SGD,
         "rmsprop": keras.optimizers.RMSprop,
     }
+    loss: Any = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if label_smoothing:
+
+        def loss(y_true: Any, logits: Any) -> Any:
+            labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+            targets = keras.ops.one_hot(labels, keras.ops.shape(logits)[-1])
+            return keras.losses.categorical_crossentropy(
+                targets, logits, from_logits=True, label_smoothing=label_smoothing
+            )
+
     model.compile(
         optimizer=optimizers[optimizer](learning_rate=learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=loss,
         metrics=["accuracy"],
     )
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The model without its training setup (optimizer, loss): what is saved and exported.
+
+    It shares the trained weights, takes raw RGB images (0-255) and gives logits;
+    ``keras.saving.load_model`` reads it back with no custom objects.
+    """
+    import keras
+
+    return keras.Model(model.inputs, model.outputs, name=model.name)

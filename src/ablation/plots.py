@@ -6,8 +6,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def accuracy_curves(history: dict[str, list[float]], title: str) -> Figure:
-    """Training vs. validation accuracy and loss per epoch, as the blog plots them."""
+def accuracy_curves(
+    history: dict[str, list[float]], title: str, fine_tune_from: int | None = None
+) -> Figure:
+    """Training vs. validation accuracy and loss per epoch, as the blog plots them.
+
+    ``fine_tune_from`` (0-based epoch) marks where fine-tuning starts, as the blog does.
+    """
     figure = Figure(figsize=(9, 3.6), layout="constrained")
     accuracy, loss = figure.subplots(1, 2)
     epochs = range(1, len(history["accuracy"]) + 1)
@@ -17,6 +22,8 @@ def accuracy_curves(history: dict[str, list[float]], title: str) -> Figure:
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric)
+        if fine_tune_from is not None:
+            axis.axvline(fine_tune_from + 0.5, color="gray", linestyle="--", label="fine-tuning")
         axis.legend()
         axis.grid(alpha=0.3)
     accuracy.set_ylim(0, 1)

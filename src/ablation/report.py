@@ -38,7 +38,7 @@ from ablation.analysis import (
     state_counts,
 )
 from ablation.cli import configure_logging, sweep_parser, user_error
-from ablation.config import DEFAULT_OUTPUT_DIR, Scalar, Sweep, load_sweep
+from ablation.config import DEFAULT_OUTPUT_DIR, Scalar, Sweep, is_integer_factor, load_sweep
 from ablation.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def read_records(sweep: Sweep) -> tuple[str | None, list[TrialRecord]]:
                 seed=int(run.data.params.get("seed", 0)),
                 state=state,
                 val_accuracy=metrics.get("best_val_accuracy"),
+                model_val_accuracy=metrics.get("model_val_accuracy"),
                 test_accuracy=metrics.get("test_accuracy"),
                 epochs_run=int(metrics.get("epochs_run", len(curve))),
                 seconds=float(metrics.get("train_seconds", 0.0)),
@@ -130,7 +131,12 @@ def _typed_params(sweep: Sweep, params: dict[str, str]) -> dict[str, Scalar]:
     """MLflow keeps params as text; map them back to the sweep's typed choices."""
     typed: dict[str, Scalar] = {}
     for name, param in sweep.space.items():
-        if name in params:
+        if name not in params:
+            continue
+        if param.choice is None:  # a range: a number
+            text = params[name]
+            typed[name] = int(text) if is_integer_factor(name) else float(text)
+        else:
             by_text = {str(choice): choice for choice in param.choice}
             typed[name] = by_text.get(params[name], params[name])
     return typed
@@ -138,7 +144,8 @@ def _typed_params(sweep: Sweep, params: dict[str, str]) -> dict[str, Scalar]:
 
 def build_report(sweep: Sweep) -> Report:
     parent_run_id, records = read_records(sweep)
-    levels = {name: list(param.choice) for name, param in sweep.space.items()}
+    # A sampled range has no levels to pair trials on: its share shows in the importances.
+    levels = {name: list(p.choice) for name, p in sweep.space.items() if p.choice is not None}
     return Report(
         sweep=sweep,
         records=records,
@@ -164,7 +171,7 @@ def param_importances(sweep: Sweep) -> list[Importance]:
     except Exception as exc:  # a missing study is a KeyError, a bad URL many other kinds
         return [Importance("all trials", {}, f"no Optuna study to read ({first_line(exc)})")]
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    varied = [name for name, p in sweep.space.items() if len(p.choice) > 1]
+    varied = [name for name, p in sweep.space.items() if p.is_range or len(p.choice or []) > 1]
     top = [name for name in varied if not sweep.space[name].when]
     scopes: list[tuple[str, list[str]]] = [("all trials", top)]
     for name in varied:
@@ -397,9 +404,12 @@ def data_figures(sweep: Sweep) -> dict[str, Figure]:
     labels = [name for index, name in enumerate(labels) if index not in failed]
     examples = plots.image_grid(list(images), labels, 2, 3, f"{sweep.study.name}: training images")
 
-    augment_space = sweep.space.get("rotation")
-    rotation = max(augment_space.choice) if augment_space else Choices().rotation
-    flip = sweep.space["flip"].choice[0] if "flip" in sweep.space else Choices().flip
+    rotations = sweep.space["rotation"] if "rotation" in sweep.space else None
+    rotation = Choices().rotation
+    if rotations is not None:
+        rotation = rotations.high if rotations.is_range else max(rotations.choice or [rotation])
+    flips = sweep.space.get("flip")
+    flip = flips.choice[0] if flips is not None and flips.choice else Choices().flip
     config = Choices(augment=True, rotation=float(rotation), flip=str(flip))
     layer = augmentation(config, seed=0)
     source = images[:1].astype("float32")

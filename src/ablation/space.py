@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ablation.config import Choices, Param, Scalar
+from ablation.config import Choices, Param, Scalar, is_integer_factor
 from ablation.errors import UserError
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def grid(space: Mapping[str, Param]) -> list[Params]:
         if not is_active(space[name], params):
             expand(index + 1, params)
             return
-        for value in space[name].choice:
+        for value in space[name].choice or []:  # a sweep with ranges is not a grid (config)
             expand(index + 1, {**params, name: value})
 
     expand(0, {})
@@ -97,8 +97,18 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> Params:
     """Ask Optuna for a value of every factor that is active in this trial."""
     params: Params = {}
     for name in ordered(space):
-        if is_active(space[name], params):
-            params[name] = trial.suggest_categorical(name, space[name].choice)
+        param = space[name]
+        if not is_active(param, params):
+            continue
+        if param.choice is not None:
+            params[name] = trial.suggest_categorical(name, param.choice)
+        elif is_integer_factor(name):
+            low, high = int(param.low or 0), int(param.high or 0)
+            params[name] = trial.suggest_int(name, low, high, log=param.log)
+        else:
+            params[name] = trial.suggest_float(
+                name, param.low or 0.0, param.high or 0.0, log=param.log
+            )
     return {name: params[name] for name in space if name in params}
 
 
@@ -116,6 +126,16 @@ def label(params: Mapping[str, Any], seed: int | None = None) -> str:
         parts.append(f"aug({config.rotation:g}{flip})")
     if config.preprocess != "none":
         parts.append("prep")
+    if config.backbone != "cnn" and config.pooling != "max":
+        parts.append(f"{config.pooling}pool")
+    if config.dropout != Choices().dropout:
+        parts.append(f"drop{config.dropout:g}")
+    if config.learning_rate is not None:
+        parts.append(f"lr{config.learning_rate:.2g}")
+    if config.label_smoothing:
+        parts.append(f"smooth{config.label_smoothing:g}")
+    if config.backbone != "cnn" and config.fine_tune_layers:
+        parts.append(f"ft{config.fine_tune_layers}x{config.fine_tune_epochs}")
     name = "+".join(parts)
     return name if seed is None else f"{name} s{seed}"
 
@@ -144,6 +164,12 @@ def blog_name(params: Mapping[str, Any]) -> str | None:
 
 def _effective(config: Choices) -> Choices:
     """The configuration with settings that do nothing (rotation without augmentation) reset."""
-    if config.augment:
-        return config
-    return config.model_copy(update={"flip": "horizontal", "rotation": 0.2})
+    default = Choices()
+    updates: dict[str, Any] = {}
+    if not config.augment:
+        updates.update(flip=default.flip, rotation=default.rotation)
+    if config.backbone == "cnn":  # no global pooling, nothing to fine-tune
+        updates.update(pooling=default.pooling, fine_tune_layers=0)
+    if config.backbone == "cnn" or config.fine_tune_layers == 0:
+        updates.update(fine_tune_epochs=default.fine_tune_epochs)
+    return config.model_copy(update=updates)

@@ -226,6 +226,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
         "n_train": len(images.y_train),
         "n_val": len(images.y_val),
         "n_test": len(images.y_test),
+        "class_names": ",".join(images.class_names),
     }
     weights: dict[str, Any] = {}
     if uses_mobilenet:
@@ -398,18 +399,22 @@ def _run_trial(
                 study_name=sweep.study.name,
                 number=trial.number,
                 name=label,
-                params={
-                    **params,
-                    "seed": seed,
+                params={  # the trial's factors last: they override the train section's value
                     **context.identity,
                     **(context.weights if choices.backbone == "mobilenet_v2" else {}),
+                    **params,
+                    "seed": seed,
                 },
             )
             trial.set_user_attr("mlflow_run_id", run_id)
             spec = TrialSpec(sweep, trial._trial_id, trial.number, params, seed, label, run_id)
 
+            epochs = sweep.train.epochs
+            if choices.backbone != "cnn" and choices.fine_tune_layers:
+                epochs += choices.fine_tune_epochs
+
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-                reporter.epoch_ended(label, epoch, sweep.train.epochs, metrics)
+                reporter.epoch_ended(label, epoch, epochs, metrics)
 
             if context.images_file is not None:
                 report = run_trial_isolated(spec, context.images_file, on_epoch, context.stop)
@@ -505,7 +510,7 @@ def _waiting(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def _uses_mobilenet(sweep: Sweep) -> bool:
     if "backbone" in sweep.space:
-        return "mobilenet_v2" in sweep.space["backbone"].choice
+        return "mobilenet_v2" in (sweep.space["backbone"].choice or [])
     return search_space.choices({}).backbone == "mobilenet_v2"
 
 

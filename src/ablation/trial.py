@@ -33,7 +33,7 @@ from ablation.config import Choices, Sweep
 from ablation.data import Images, eval_dataset, train_dataset
 from ablation.errors import first_line
 from ablation.features import cacheable_splits, feature_key, frozen_parts, load_features
-from ablation.models import build_model, compile_model
+from ablation.models import build_model, compile_model, inference_copy, unfreeze_top
 
 if TYPE_CHECKING:
     import keras
@@ -56,6 +56,7 @@ class TrialResult:
     setup_seconds: float  # building the model and getting the cached features
     cached_splits: tuple[str, ...]  # the splits that went through cached backbone features
     model: keras.Model
+    fine_tune_from: int | None = None  # 0-based: the first epoch of the fine-tuning phase
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +82,9 @@ def train(
     last epoch's or, with ``train.patience`` (early stopping), the best epoch's,
     whose weights are restored. The test set is touched once, after training.
     With ``train.cache_features``, a frozen backbone's features come from
-    :mod:`ablation.features` for the splits where that is exact.
+    :mod:`ablation.features` for the splits where that is exact. With
+    ``fine_tune_layers``, a second phase follows (:func:`_fine_tune`); the epochs
+    of both phases are numbered on, in one history.
 
     Raises:
         FloatingPointError: The loss or a metric became NaN or infinite.
@@ -99,12 +102,13 @@ def train(
         seed=seed,
         mixed_precision=sweep.train.mixed_precision,
     )
-    compile_model(model, sweep.train.optimizer, sweep.train.learning_rate)
+    learning_rate = choices.learning_rate or sweep.train.learning_rate
+    compile_model(model, sweep.train.optimizer, learning_rate, choices.label_smoothing)
     batch_size = sweep.data.batch_size
     parts = frozen_parts(model) if sweep.train.cache_features else None
     features: dict[str, Any] = {}
     if parts is not None:
-        compile_model(parts.head, sweep.train.optimizer, sweep.train.learning_rate)
+        compile_model(parts.head, sweep.train.optimizer, learning_rate, choices.label_smoothing)
         features = load_features(
             parts.extractor,
             images,
@@ -122,19 +126,9 @@ def train(
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"non-finite metric after epoch {epoch + 1}: {metrics}")
 
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
-    ]
-    early_stopping = None
-    if sweep.train.patience is not None:
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_accuracy",
-            mode="max",
-            patience=sweep.train.patience,
-            restore_best_weights=True,
-        )
-        callbacks.append(early_stopping)
-
+    report_epoch = keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
+    early_stopping = _early_stopping(sweep)
+    callbacks = [report_epoch, *([early_stopping] if early_stopping else [])]
     fitted, train_data = model, train_dataset(images.x_train, images.y_train, batch_size, seed)
     validation = eval_dataset(images.x_val, images.y_val, batch_size)
     if parts is not None and "train" in features:
@@ -153,13 +147,20 @@ def train(
         shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
     ).history
+    kept = early_stopping.best_epoch if early_stopping else len(history["loss"]) - 1
 
+    fine_tune_from = None
+    if choices.backbone != "cnn" and choices.fine_tune_layers > 0:
+        fine_tune_from = len(history["loss"])
+        features.pop("test", None)  # the backbone changes: test through the whole model
+        history, kept = _fine_tune(
+            model, choices, sweep, images, history, kept, report_epoch, learning_rate, seed
+        )
     if parts is not None and "test" in features:
         tested, test_data = parts.head, eval_dataset(features["test"], images.y_test, batch_size)
     else:
         tested, test_data = model, eval_dataset(images.x_test, images.y_test, batch_size)
     test = tested.evaluate(test_data, verbose=0, return_dict=True)
-    kept = early_stopping.best_epoch if early_stopping else len(history["loss"]) - 1
     return TrialResult(
         history={k: [float(v) for v in values] for k, values in history.items()},
         val_accuracy=float(history["val_accuracy"][kept]),
@@ -172,7 +173,66 @@ def train(
         setup_seconds=setup_seconds,
         cached_splits=tuple(features),
         model=model,
+        fine_tune_from=fine_tune_from,
     )
+
+
+def _early_stopping(sweep: Sweep, baseline: float | None = None) -> keras.callbacks.Callback | None:
+    import keras
+
+    if sweep.train.patience is None:
+        return None
+    return keras.callbacks.EarlyStopping(
+        monitor="val_accuracy",
+        mode="max",
+        patience=sweep.train.patience,
+        baseline=baseline,
+        restore_best_weights=True,
+    )
+
+
+def _fine_tune(
+    model: keras.Model,
+    choices: Choices,
+    sweep: Sweep,
+    images: Images,
+    history: dict[str, list[float]],
+    kept: int,
+    report_epoch: keras.callbacks.Callback,
+    learning_rate: float,
+    seed: int,
+) -> tuple[dict[str, list[float]], int]:
+    """The second phase: the backbone's top layers unfrozen, a tenth of the learning rate.
+
+    It starts from the head the first phase kept and runs ``fine_tune_epochs`` more
+    epochs (numbered on from the first phase's) through the whole model. With early
+    stopping, the phase stops once it has gone ``patience`` epochs without beating
+    the first phase, and the better phase's weights are kept.
+    """
+    first_epochs = len(history["loss"])
+    first_best = history["val_accuracy"][kept]
+    first_weights = {weight.path: weight.numpy() for weight in model.weights}
+    unfreeze_top(model, choices.fine_tune_layers)
+    compile_model(model, sweep.train.optimizer, learning_rate / 10, choices.label_smoothing)
+    early_stopping = _early_stopping(sweep, baseline=first_best)
+    batch_size = sweep.data.batch_size
+    more = model.fit(
+        train_dataset(images.x_train, images.y_train, batch_size, seed),
+        validation_data=eval_dataset(images.x_val, images.y_val, batch_size),
+        initial_epoch=first_epochs,
+        epochs=first_epochs + choices.fine_tune_epochs,
+        callbacks=[report_epoch, *([early_stopping] if early_stopping else [])],
+        shuffle=False,
+        verbose=0,
+    ).history
+    history = {name: values + more[name] for name, values in history.items()}
+    if early_stopping is None:
+        return history, len(history["loss"]) - 1
+    if history["val_accuracy"][early_stopping.best_epoch] > first_best:
+        return history, early_stopping.best_epoch
+    for weight in model.weights:  # fine-tuning did not help: back to the first phase's model
+        weight.assign(first_weights[weight.path])
+    return history, kept
 
 
 def _validation_through(head: keras.Model, validation: Any) -> keras.callbacks.Callback:
@@ -275,10 +335,15 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
             "kept_epoch": result.best_epoch + 1,
             "train_seconds": result.seconds,
             "setup_seconds": result.setup_seconds,
+            **(
+                {"fine_tune_from_epoch": result.fine_tune_from + 1}
+                if result.fine_tune_from is not None
+                else {}
+            ),
         },
         tags={"ablation.cached_features": ",".join(result.cached_splits) or "none"},
-        figure=accuracy_curves(result.history, spec.label),
-        model=result.model,
+        figure=accuracy_curves(result.history, spec.label, fine_tune_from=result.fine_tune_from),
+        model=inference_copy(result.model),
     )
     return TrialReport(
         state="COMPLETE",

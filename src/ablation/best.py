@@ -1,0 +1,138 @@
+"""The best trial of a study, and its trained model to take away.
+
+Usage::
+
+    python -m ablation.best sweeps/beyond.yaml                 # prints it, writes beyond-best.keras
+    python -m ablation.best sweeps/beyond.yaml -o cats_vs_dogs.keras
+
+The best trial is the COMPLETE trial whose saved model has the highest validation
+accuracy (ties: the earlier trial). Its test accuracy is printed, never used to
+choose. The file written is the trial's own model: it takes raw RGB images
+(0-255, float or uint8 cast to float, at the sweep's image size), preprocessing
+included, and gives one logit per class::
+
+    >>> import keras, numpy as np
+    >>> model = keras.saving.load_model("beyond-best.keras")
+    >>> logits = model.predict(np.zeros((1, 160, 160, 3), "float32"), verbose=0)
+    >>> logits.shape
+    (1, 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ablation.analysis import TrialRecord
+from ablation.cli import configure_logging, sweep_parser, user_error
+from ablation.config import load_sweep
+from ablation.errors import UserError, first_line
+
+
+def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The COMPLETE trial whose saved model has the best validation accuracy (first on ties)."""
+    best: TrialRecord | None = None
+    for record in records:
+        if record.state != "COMPLETE" or _val(record) is None:
+            continue
+        if best is None or (_val(record) or 0.0) > (_val(best) or 0.0):
+            best = record
+    return best
+
+
+def _val(record: TrialRecord) -> float | None:
+    # Runs recorded before the saved model's own accuracy was logged have only the best epoch's.
+    return (
+        record.model_val_accuracy
+        if record.model_val_accuracy is not None
+        else (record.val_accuracy)
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = sweep_parser(
+        "python -m ablation.best",
+        "Print a study's best trial (by validation accuracy) and write its trained model.",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="where to write the model (a .keras file); default STUDY-best.keras",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.debug)
+    try:
+        return _main(args)
+    except UserError as exc:
+        return user_error(exc, args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ablation import space as search_space
+    from ablation.report import read_records
+    from ablation.tracking import Tracker
+
+    sweep = load_sweep(args.sweep, args.overrides)
+    output: Path = args.output or Path(f"{sweep.study.name}-best.keras")
+    if output.suffix != ".keras":
+        raise UserError(f"-o {output}: the model file must end in .keras (Keras's format)")
+    _, records = read_records(sweep)
+    best = best_record(records)
+    complete = sum(r.state == "COMPLETE" for r in records)
+    if best is None:
+        raise UserError(
+            f"study {sweep.study.name!r} has no complete trial yet ({len(records)} recorded); "
+            "run `python -m ablation.run` on this sweep"
+        )
+    tracker = Tracker.existing(sweep.tracking, sweep.experiment_name)
+    run = tracker.client.get_run(best.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            saved = tracker.client.download_artifacts(best.run_id, "model.keras", tmp)
+        except Exception as exc:  # MLflow raises several kinds for a missing artifact
+            raise UserError(
+                f"the best trial's model is not in the store (run {best.run_id}: {first_line(exc)})"
+            ) from None
+        input_shape = _check_loads(Path(saved))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(saved, output)
+
+    config = search_space.choices(best.params).model_dump()
+    config["learning_rate"] = config["learning_rate"] or sweep.train.learning_rate
+    classes = run.data.params.get("class_names", "").split(",")
+    print(
+        f"best of {complete} complete trial(s) of study {sweep.study.name!r}: "
+        f"{search_space.label(best.params, best.seed)}"
+    )
+    print(f"  validation accuracy {_val(best):.4f} (chosen on this)")
+    print(f"  test accuracy       {best.test_accuracy:.4f} (reported only)")
+    print(f"  epochs {best.epochs_run}; MLflow run {best.run_id}")
+    print("  configuration: " + " ".join(f"{k}={v}" for k, v in config.items()))
+    print(
+        f"wrote {output}: RGB images {input_shape[1]}x{input_shape[2]} (0-255) in, "
+        f"one logit per class out ({', '.join(f'{i}={c}' for i, c in enumerate(classes))})"
+    )
+    return 0
+
+
+def _check_loads(path: Path) -> tuple[int | None, ...]:
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # a corrupt or foreign file
+        raise UserError(f"the best trial's model does not load ({first_line(exc)})") from None
+    return tuple(model.input_shape)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""``python -m ablation.best``: the best trial by validation accuracy, and its model out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ablation import load_sweep, run_sweep
+from ablation.analysis import TrialRecord
+from ablation.best import best_record
+from ablation.data import load_images
+from ablation.report import read_records
+from conftest import SMALL_WEIGHTS, run_module
+
+SWEEP = f"""
+study: {{name: best, sampler: grid, seeds: [0], isolation: none}}
+data: {{source: {{data}}, image_size: [64, 64], batch_size: 8}}
+train: {{epochs: 2}}
+model: {{weights: {SMALL_WEIGHTS}, alpha: 0.35}}
+space:
+  backbone:   {{choice: [cnn, mobilenet_v2]}}
+  preprocess: {{choice: [mobilenet_v2]}}
+  pooling:    {{choice: [max, avg], when: {{backbone: mobilenet_v2}}}}
+tracking: {{experiment: best}}
+"""
+
+
+def record(run_id: str, val: float | None, test: float, state: str = "COMPLETE") -> TrialRecord:
+    return TrialRecord(
+        run_id=run_id,
+        params={},
+        seed=0,
+        state=state,
+        val_accuracy=1.0,  # the best epoch's: not what the saved model has
+        model_val_accuracy=val,
+        test_accuracy=test,
+    )
+
+
+def test_best_is_chosen_on_validation_never_on_test() -> None:
+    records = [
+        record("a", 0.80, 0.99),
+        record("b", 0.90, 0.70),
+        record("c", 0.90, 0.95),  # a tie on validation: the earlier trial stays
+        record("d", 0.99, 1.00, state="PRUNED"),
+        record("e", None, 1.00, state="FAIL"),
+    ]
+    best = best_record(records)
+    assert best is not None and best.run_id == "b"
+    assert best_record([r for r in records if r.state != "COMPLETE"]) is None
+
+
+@pytest.fixture(scope="module")
+def study(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("best")
+    path = workdir / "best.yaml"
+    path.write_text(SWEEP.replace("{data}", str(small_data)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        summary = run_sweep(load_sweep(path))
+    assert [o.state for o in summary.outcomes] == ["COMPLETE"] * 3
+    return path
+
+
+def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -> None:
+    import keras
+
+    workdir = study.parent
+    result = run_module("ablation.best", str(study), "-o", "out/model.keras", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        sweep = load_sweep(study)
+        _, records = read_records(sweep)
+        images = load_images(sweep.data)
+    best = max(records, key=lambda r: r.model_val_accuracy or 0.0)
+    assert best.run_id in result.stdout
+    assert f"test accuracy       {best.test_accuracy:.4f}" in result.stdout
+    assert "0=cats, 1=dogs" in result.stdout
+
+    model = keras.saving.load_model(workdir / "out" / "model.keras")
+    logits = model.predict(images.x_test.astype("float32"), verbose=0)  # raw 0-255 RGB
+    assert logits.shape == (len(images.y_test), 2)
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == images.y_test))
+    assert accuracy == pytest.approx(best.test_accuracy)  # the trial's own model, reproduced
+
+
+def test_best_refuses_a_file_that_is_not_keras(study: Path) -> None:
+    result = run_module("ablation.best", str(study), "-o", "model.h5", cwd=study.parent)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: -o model.h5: the model file must end in .keras")
+
+
+def test_best_of_a_study_never_run_is_one_line(study: Path) -> None:
+    result = run_module("ablation.best", str(study), "--set", "study.name=never", cwd=study.parent)
+    assert result.returncode == 2
+    assert "no trials of study 'never'" in result.stderr
+    assert "Traceback" not in result.stderr
