@@ -145,6 +145,16 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
             ],
             "rotation.when names 'learning_rate', a range; 'when' needs choices",
         ),
+        (
+            [*TPE, "study.try_first=[{augment: true, rotation: 0.3}]"],
+            "study.try_first[0]: rotation=0.3 is not one of [0.1, 0.2]",
+        ),
+        (
+            [*TPE, "study.try_first=[{augment: false, rotation: 0.1}]"],
+            "study.try_first[0]: rotation is not a factor when augment=False",
+        ),
+        ([*TPE, "study.try_first=[{depth: 3}]"], "'depth' is not a factor of the space"),
+        (["study.try_first=[{augment: true}]"], "'try_first' is for the tpe and random samplers"),
         (["space.dropout.choice=[1.0]"], "dropout: 1.0 is not allowed (a number >= 0 and < 1)"),
         (["data.image_size=[160]"], "data.image_size"),
         (["data.test_fraction=1.5"], "data.test_fraction: Input should be less than 1"),

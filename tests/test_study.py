@@ -145,3 +145,37 @@ def test_a_second_invocation_continues_instead_of_repeating(finished_study) -> N
     assert len(study.trials) == 12
     points = [json.loads(t.user_attrs["point"]) for t in study.trials]
     assert len({json.dumps(p, sort_keys=True) for p in points}) == 12
+
+
+def test_a_guided_search_runs_its_try_first_points_first_and_samples_ranges(
+    small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sweep_path = tmp_path / "tpe.yaml"
+    sweep_path.write_text(f"""
+study:
+  name: guided
+  sampler: tpe
+  trials: 3
+  isolation: none
+  try_first: [{{dropout: 0.1, learning_rate: 0.002}}]
+data: {{source: {small_data}, image_size: [32, 32], batch_size: 8, limit_per_class: 4}}
+train: {{epochs: 1}}
+space:
+  dropout: {{low: 0.0, high: 0.5}}
+  learning_rate: {{low: 0.0001, high: 0.01, log: true}}
+""")
+    summary = run_sweep(load_sweep(sweep_path))
+    assert [o.state for o in summary.outcomes] == ["COMPLETE"] * 3
+    assert summary.outcomes[0].params == {"dropout": 0.1, "learning_rate": 0.002}
+    for outcome in summary.outcomes[1:]:
+        assert 0.0 <= float(outcome.params["dropout"]) <= 0.5
+        assert 0.0001 <= float(outcome.params["learning_rate"]) <= 0.01
+    # Running the sweep again neither repeats the first point nor runs more trials.
+    again = run_sweep(load_sweep(sweep_path))
+    assert again.outcomes == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("guided")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
+    rates = sorted(float(run.data.params["learning_rate"]) for run in runs)
+    assert len(rates) == 3 and 0.002 in rates  # the trial's factor, not train.learning_rate

@@ -137,6 +137,11 @@ class Study(_Section):
     trials: PositiveInt | None = Field(
         None, description="number of trials for tpe/random; a grid runs every point"
     )
+    try_first: list[dict[str, Scalar]] = Field(
+        default_factory=list,
+        description="tpe/random: configurations to run before the sampler picks (e.g. the "
+        "blog's best); a factor left out is sampled",
+    )
     pruner: Literal["none", "median"] = Field(
         "none",
         description="median: stop a trial whose val_accuracy after an epoch is below the median "
@@ -165,6 +170,10 @@ class Study(_Section):
             raise ValueError("'trials' is for the tpe and random samplers; a grid runs every point")
         if self.sampler != "grid" and self.trials is None:
             raise ValueError(f"sampler {self.sampler!r} needs 'trials: N'")
+        if self.sampler == "grid" and self.try_first:
+            raise ValueError(
+                "'try_first' is for the tpe and random samplers; a grid runs every point"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("'seeds' lists a seed twice")
         if self.grace_seconds <= self.heartbeat_seconds:
@@ -277,6 +286,37 @@ class Sweep(_Section):
                 f"space.{ranges[0]}: a grid needs a choice list for every factor "
                 "(ranges are for the tpe and random samplers)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _points_to_try_first_are_in_the_space(self) -> Sweep:
+        for index, point in enumerate(self.study.try_first):
+            where = f"study.try_first[{index}]"
+            for name, value in point.items():
+                param = self.space.get(name)
+                if param is None:
+                    raise ValueError(
+                        f"{where}: {name!r} is not a factor of the space; "
+                        f"allowed: {', '.join(self.space)}"
+                    )
+                if param.choice is not None and not any(
+                    value == c and isinstance(value, bool) == isinstance(c, bool)
+                    for c in param.choice
+                ):
+                    raise ValueError(f"{where}: {name}={value!r} is not one of {param.choice}")
+                if param.is_range and not (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and (param.low or 0) <= value <= (param.high or 0)
+                ):
+                    raise ValueError(
+                        f"{where}: {name}={value!r} is outside {param.low:g}..{param.high:g}"
+                    )
+                for parent in param.when:
+                    if parent in point and point[parent] not in param.condition(parent):
+                        raise ValueError(
+                            f"{where}: {name} is not a factor when {parent}={point[parent]!r}"
+                        )
         return self
 
     @model_validator(mode="after")

@@ -126,10 +126,13 @@ def plan(sweep: Sweep) -> list[str]:
             suffix = f"  [{blog}]" if blog else ""
             lines.append(f"  {search_space.label(params):<32} {_format_params(params)}{suffix}")
         return lines
-    return [
+    lines = [
         f"study {study.name!r}: {study.trials} trial(s) sampled by {study.sampler} over "
         f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}"
     ]
+    for params in study.try_first:
+        lines.append(f"  first: {search_space.label(params):<32} {_format_params(params)}")
+    return lines
 
 
 def _epochs(sweep: Sweep) -> str:
@@ -262,6 +265,12 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
         else:
             planned = sweep.study.trials or 0
             to_run = max(planned - len(finished), 0)
+            seed = sweep.study.seeds[0]
+            for params in sweep.study.try_first[:to_run]:
+                if point_key(params, seed) not in finished:
+                    study.enqueue_trial(
+                        params, user_attrs={"seed": seed, "point": point_key(params, seed)}
+                    )
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
 
     images_file = None
