@@ -27,12 +27,15 @@ tracking: {{experiment: best}}
 """
 
 
-def record(run_id: str, val: float | None, test: float, state: str = "COMPLETE") -> TrialRecord:
+def record(
+    run_id: str, number: int, val: float | None, test: float, state: str = "COMPLETE"
+) -> TrialRecord:
     return TrialRecord(
         run_id=run_id,
         params={},
         seed=0,
         state=state,
+        number=number,
         val_accuracy=1.0,  # the best epoch's: not what the saved model has
         model_val_accuracy=val,
         test_accuracy=test,
@@ -40,12 +43,12 @@ def record(run_id: str, val: float | None, test: float, state: str = "COMPLETE")
 
 
 def test_best_is_chosen_on_validation_never_on_test() -> None:
-    records = [
-        record("a", 0.80, 0.99),
-        record("b", 0.90, 0.70),
-        record("c", 0.90, 0.95),  # a tie on validation: the earlier trial stays
-        record("d", 0.99, 1.00, state="PRUNED"),
-        record("e", None, 1.00, state="FAIL"),
+    records = [  # in MLflow's order, newest first
+        record("e", 5, None, 1.00, state="FAIL"),
+        record("d", 4, 0.99, 1.00, state="PRUNED"),
+        record("c", 3, 0.90, 0.95),  # a tie on validation: the earlier trial wins
+        record("b", 2, 0.90, 0.70),
+        record("a", 1, 0.80, 0.99),
     ]
     best = best_record(records)
     assert best is not None and best.run_id == "b"
@@ -76,7 +79,7 @@ def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -
         sweep = load_sweep(study)
         _, records = read_records(sweep)
         images = load_images(sweep.data)
-    best = max(records, key=lambda r: r.model_val_accuracy or 0.0)
+    best = min(records, key=lambda r: (-(r.model_val_accuracy or 0.0), r.number))
     assert best.run_id in result.stdout
     assert f"test accuracy       {best.test_accuracy:.4f}" in result.stdout
     assert "0=cats, 1=dogs" in result.stdout

@@ -47,6 +47,7 @@ class TrialRecord:
     params: Params
     seed: int
     state: str  # one of STATES
+    number: int | None = None  # the Optuna trial number
     val_accuracy: float | None = None  # best epoch
     model_val_accuracy: float | None = None  # of the weights tested and saved
     test_accuracy: float | None = None

@@ -34,14 +34,12 @@ from ablation.errors import UserError, first_line
 
 
 def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
-    """The COMPLETE trial whose saved model has the best validation accuracy (first on ties)."""
-    best: TrialRecord | None = None
-    for record in records:
-        if record.state != "COMPLETE" or _val(record) is None:
-            continue
-        if best is None or (_val(record) or 0.0) > (_val(best) or 0.0):
-            best = record
-    return best
+    """The COMPLETE trial whose saved model has the best validation accuracy; on a tie,
+    the earlier trial (lower trial number)."""
+    complete = [r for r in records if r.state == "COMPLETE" and _val(r) is not None]
+    if not complete:
+        return None
+    return min(complete, key=lambda r: (-(_val(r) or 0.0), r.number or 0))
 
 
 def _val(record: TrialRecord) -> float | None:

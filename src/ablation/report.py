@@ -84,7 +84,7 @@ def read_records(sweep: Sweep) -> tuple[str | None, list[TrialRecord]]:
     Raises:
         UserError: The store cannot be opened, or holds no run of this study.
     """
-    from ablation.tracking import STATE_TAG, Tracker
+    from ablation.tracking import STATE_TAG, TRIAL_TAG, Tracker
 
     tracker = Tracker.existing(sweep.tracking, sweep.experiment_name)
     try:
@@ -116,6 +116,7 @@ def read_records(sweep: Sweep) -> tuple[str | None, list[TrialRecord]]:
                 params=_typed_params(sweep, run.data.params),
                 seed=int(run.data.params.get("seed", 0)),
                 state=state,
+                number=int(run.data.tags[TRIAL_TAG]) if TRIAL_TAG in run.data.tags else None,
                 val_accuracy=metrics.get("best_val_accuracy"),
                 model_val_accuracy=metrics.get("model_val_accuracy"),
                 test_accuracy=metrics.get("test_accuracy"),

@@ -118,22 +118,23 @@ def choices(params: Mapping[str, Any]) -> Choices:
 
 
 def label(params: Mapping[str, Any], seed: int | None = None) -> str:
-    """A short name for a configuration, e.g. ``cnn+aug(0.2)+prep s0``."""
+    """A short name for a configuration, e.g. ``cnn+aug(0.2)+prep s0`` (sampled numbers
+    rounded to 2-3 significant digits: the run's params have them in full)."""
     config = choices(params)
     parts = [config.backbone]
     if config.augment:
         flip = "" if config.flip == "horizontal" else f",{config.flip}"
-        parts.append(f"aug({config.rotation:g}{flip})")
+        parts.append(f"aug({config.rotation:.3g}{flip})")
     if config.preprocess != "none":
         parts.append("prep")
     if config.backbone != "cnn" and config.pooling != "max":
         parts.append(f"{config.pooling}pool")
     if config.dropout != Choices().dropout:
-        parts.append(f"drop{config.dropout:g}")
+        parts.append(f"drop{config.dropout:.2g}")
     if config.learning_rate is not None:
         parts.append(f"lr{config.learning_rate:.2g}")
     if config.label_smoothing:
-        parts.append(f"smooth{config.label_smoothing:g}")
+        parts.append(f"smooth{config.label_smoothing:.2g}")
     if config.backbone != "cnn" and config.fine_tune_layers:
         parts.append(f"ft{config.fine_tune_layers}x{config.fine_tune_epochs}")
     name = "+".join(parts)
