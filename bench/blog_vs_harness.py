@@ -175,19 +175,14 @@ def harness(
 
 
 def main() -> None:
+    from ablation.cli import add_overrides
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cats_and_dogs"))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--limit", type=int, help="images per class and split (default: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override sweeps/blog.yaml for the harness, e.g. train.patience=null",
-    )
+    add_overrides(parser, "override sweeps/blog.yaml for the harness, e.g. train.patience=null")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

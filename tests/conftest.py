@@ -62,6 +62,24 @@ def write_sweep(path: Path, text: str) -> Path:
     return path
 
 
+def frozen_sweep(data: Path, cache_dir: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    """``sweeps/blog.yaml`` on ``data`` with the small MobileNetV2 weights (alpha 0.35),
+    every epoch trained (no early stopping); ``overrides`` come last."""
+    from ablation.config import load_sweep
+
+    return load_sweep(
+        REPO / "sweeps" / "blog.yaml",
+        [
+            f"data.source={data}",
+            f"data.cache_dir={cache_dir}",
+            f"model.weights={SMALL_WEIGHTS}",
+            "model.alpha=0.35",
+            "train.patience=null",
+            *overrides,
+        ],
+    )
+
+
 def load_study(workdir: Path, name: str):  # type: ignore[no-untyped-def]
     """A study from the default storage of a run made in ``workdir`` (read only)."""
     import optuna

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
 from ablation.analysis import TrialRecord
@@ -88,7 +89,15 @@ def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -
     logits = model.predict(images.x_test.astype("float32"), verbose=0)  # raw 0-255 RGB
     assert logits.shape == (len(images.y_test), 2)
     accuracy = float(np.mean(np.argmax(logits, axis=1) == images.y_test))
-    assert accuracy == pytest.approx(best.test_accuracy)  # the trial's own model, reproduced
+    assert accuracy == pytest.approx(best.test_accuracy)  # the trial's test accuracy, reproduced
+    # ... and the very predictions of the model the trial recorded.
+    client = MlflowClient(tracking_uri=sweep.tracking.tracking_uri())
+    recorded = keras.saving.load_model(
+        client.download_artifacts(best.run_id, "model.keras", str(workdir))
+    )
+    np.testing.assert_array_equal(
+        recorded.predict(images.x_test.astype("float32"), verbose=0), logits
+    )
 
 
 def test_best_refuses_a_file_that_is_not_keras(study: Path) -> None:

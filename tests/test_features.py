@@ -10,30 +10,18 @@ import numpy as np
 import pytest
 
 from ablation import features
-from ablation.config import Choices, Sweep, load_sweep
+from ablation.config import Choices, Sweep
 from ablation.data import load_images
 from ablation.features import cacheable_splits, feature_key, frozen_parts, load_features
 from ablation.models import build_model
 from ablation.trial import train
-from conftest import REPO, SMALL_WEIGHTS
+from conftest import SMALL_WEIGHTS, frozen_sweep
 
 FROZEN = Choices(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
 
 def small_sweep(data: Path, cache_dir: Path, *extra: str) -> Sweep:
-    return load_sweep(
-        REPO / "sweeps" / "blog.yaml",
-        [
-            f"data.source={data}",
-            "data.image_size=[96, 96]",
-            f"data.cache_dir={cache_dir}",
-            f"model.weights={SMALL_WEIGHTS}",
-            "model.alpha=0.35",
-            "train.epochs=3",
-            "train.patience=null",
-            *extra,
-        ],
-    )
+    return frozen_sweep(data, cache_dir, "data.image_size=[96, 96]", "train.epochs=3", *extra)
 
 
 @pytest.fixture(autouse=True)

@@ -7,29 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.config import Choices, Sweep, load_sweep
+from ablation.config import Choices, Sweep
 from ablation.data import load_images
 from ablation.models import backbone_of
 from ablation.trial import train
-from conftest import REPO, SMALL_WEIGHTS
+from conftest import frozen_sweep
 
 FROZEN = Choices(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
 
 def small_sweep(data: Path, cache_dir: Path, *extra: str) -> Sweep:
-    return load_sweep(
-        REPO / "sweeps" / "blog.yaml",
-        [
-            f"data.source={data}",
-            "data.image_size=[64, 64]",
-            "data.batch_size=8",
-            f"data.cache_dir={cache_dir}",
-            f"model.weights={SMALL_WEIGHTS}",
-            "model.alpha=0.35",
-            "train.epochs=2",
-            "train.patience=null",
-            *extra,
-        ],
+    return frozen_sweep(
+        data, cache_dir, "data.image_size=[64, 64]", "data.batch_size=8", "train.epochs=2", *extra
     )
 
 

@@ -13,16 +13,16 @@ def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with the sweep file, ``--set KEY=VALUE`` (repeatable) and ``--debug``."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("sweep", help="the sweep file (YAML)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the sweep file, e.g. train.epochs=1 (repeatable)",
-    )
+    add_overrides(parser, "override a key of the sweep file, e.g. train.epochs=1 (repeatable)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return parser
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable), collected in ``args.overrides``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def configure_logging(debug: bool) -> None:
