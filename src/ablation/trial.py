@@ -177,7 +177,7 @@ def train(
     )
 
 
-def _early_stopping(sweep: Sweep, baseline: float | None = None) -> keras.callbacks.Callback | None:
+def _early_stopping(sweep: Sweep) -> keras.callbacks.Callback | None:
     import keras
 
     if sweep.train.patience is None:
@@ -186,7 +186,6 @@ def _early_stopping(sweep: Sweep, baseline: float | None = None) -> keras.callba
         monitor="val_accuracy",
         mode="max",
         patience=sweep.train.patience,
-        baseline=baseline,
         restore_best_weights=True,
     )
 
@@ -206,15 +205,16 @@ def _fine_tune(
 
     It starts from the head the first phase kept and runs ``fine_tune_epochs`` more
     epochs (numbered on from the first phase's) through the whole model. With early
-    stopping, the phase stops once it has gone ``patience`` epochs without beating
-    the first phase, and the better phase's weights are kept.
+    stopping, the phase stops once it has gone ``patience`` epochs without improving
+    on its own best (fine-tuning often dips before it gains), and of the two
+    phases' best epochs the better one's weights are kept (the first on a tie).
     """
     first_epochs = len(history["loss"])
     first_best = history["val_accuracy"][kept]
     first_weights = {weight.path: weight.numpy() for weight in model.weights}
     unfreeze_top(model, choices.fine_tune_layers)
     compile_model(model, sweep.train.optimizer, learning_rate / 10, choices.label_smoothing)
-    early_stopping = _early_stopping(sweep, baseline=first_best)
+    early_stopping = _early_stopping(sweep)
     batch_size = sweep.data.batch_size
     more = model.fit(
         train_dataset(images.x_train, images.y_train, batch_size, seed),
