@@ -195,12 +195,18 @@ def test_a_killed_trial_fails_alone_and_is_retried(tmp_path: Path, small_data: P
     assert_every_point_complete_once(tmp_path)
 
 
-def test_ctrl_c_stops_the_trial_and_says_how_to_resume(tmp_path: Path, small_data: Path) -> None:
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_trial_and_says_how_to_resume(
+    tmp_path: Path, small_data: Path, how: str
+) -> None:
     sweep = write_sweep(tmp_path, small_data, epochs=30)
     process = start(sweep, tmp_path)
     wait_for_a_trial_mid_training(process, tmp_path, number=0)
     trial_processes = children(process.pid)
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole group
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole group
+    else:
+        process.terminate()  # what kill and job schedulers send, to the study's process only
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 130
     assert "interrupted; run the same command again to resume" in stderr

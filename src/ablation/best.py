@@ -21,6 +21,7 @@ included, and gives one logit per class::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -93,6 +94,7 @@ def _main(args: argparse.Namespace) -> int:
         )
     tracker = Tracker.existing(sweep.tracking, sweep.experiment_name)
     run = tracker.client.get_run(best.run_id)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             saved = tracker.client.download_artifacts(best.run_id, "model.keras", tmp)

@@ -17,6 +17,7 @@ Exit codes: 0 done, 1 some trials failed, 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -170,6 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.debug)
+    _stop_on_sigterm()
     # Piped output (CI logs) gets a wide plain table instead of rich's 80-column default.
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
@@ -229,6 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """``kill`` or a job scheduler's SIGTERM stops the study as Ctrl-C does: the running
+    trial is recorded as interrupted and runs again when the command is run again."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":
