@@ -37,19 +37,10 @@ from ablation.errors import UserError, first_line
 def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
     """The COMPLETE trial whose saved model has the best validation accuracy; on a tie,
     the earlier trial (lower trial number)."""
-    complete = [r for r in records if r.state == "COMPLETE" and _val(r) is not None]
+    complete = [r for r in records if r.state == "COMPLETE" and r.model_val_accuracy is not None]
     if not complete:
         return None
-    return min(complete, key=lambda r: (-(_val(r) or 0.0), r.number or 0))
-
-
-def _val(record: TrialRecord) -> float | None:
-    # Runs recorded before the saved model's own accuracy was logged have only the best epoch's.
-    return (
-        record.model_val_accuracy
-        if record.model_val_accuracy is not None
-        else (record.val_accuracy)
-    )
+    return min(complete, key=lambda r: (-(r.model_val_accuracy or 0.0), r.number or 0))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,7 +104,7 @@ def _main(args: argparse.Namespace) -> int:
         f"best of {complete} complete trial(s) of study {sweep.study.name!r}: "
         f"{search_space.label(best.params, best.seed)}"
     )
-    print(f"  validation accuracy {_val(best):.4f} (chosen on this)")
+    print(f"  validation accuracy {best.model_val_accuracy:.4f} (chosen on this)")
     print(f"  test accuracy       {best.test_accuracy:.4f} (reported only)")
     print(f"  epochs {best.epochs_run}; MLflow run {best.run_id}")
     print("  configuration: " + " ".join(f"{k}={v}" for k, v in config.items()))
