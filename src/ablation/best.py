@@ -98,7 +98,7 @@ def _main(args: argparse.Namespace) -> int:
         shutil.copyfile(saved, output)
 
     config = search_space.choices(best.params).model_dump()
-    config["learning_rate"] = config["learning_rate"] or sweep.train.learning_rate
+    config["learning_rate"] = sweep.train.learning_rate_of(search_space.choices(best.params))
     classes = run.data.params.get("class_names", "").split(",")
     print(
         f"best of {complete} complete trial(s) of study {sweep.study.name!r}: "

@@ -83,6 +83,11 @@ class Choices(_Section):
     )
     fine_tune_epochs: int = Field(10, ge=1, description="epochs of the fine-tuning phase")
 
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether a second, fine-tuning phase follows (only a pretrained backbone has one)."""
+        return self.backbone != "cnn" and self.fine_tune_layers > 0
+
 
 class Param(_Section):
     """One searched factor: the values to try (``choice``) or a numeric range to sample
@@ -216,6 +221,10 @@ class Train(_Section):
         "them where that is exact (see ablation.features); false runs the whole model",
     )
 
+    def learning_rate_of(self, choices: Choices) -> float:
+        """A configuration's learning rate: its own factor if set, else this section's."""
+        return choices.learning_rate or self.learning_rate
+
 
 class Model(_Section):
     weights: str = Field(
@@ -299,10 +308,7 @@ class Sweep(_Section):
                         f"{where}: {name!r} is not a factor of the space; "
                         f"allowed: {', '.join(self.space)}"
                     )
-                if param.choice is not None and not any(
-                    value == c and isinstance(value, bool) == isinstance(c, bool)
-                    for c in param.choice
-                ):
+                if param.choice is not None and not matches(value, param.choice):
                     raise ValueError(f"{where}: {name}={value!r} is not one of {param.choice}")
                 if param.is_range and not (
                     isinstance(value, int | float)
@@ -313,7 +319,7 @@ class Sweep(_Section):
                         f"{where}: {name}={value!r} is outside {param.low:g}..{param.high:g}"
                     )
                 for parent in param.when:
-                    if parent in point and point[parent] not in param.condition(parent):
+                    if parent in point and not matches(point[parent], param.condition(parent)):
                         raise ValueError(
                             f"{where}: {name} is not a factor when {parent}={point[parent]!r}"
                         )
@@ -331,6 +337,11 @@ class Sweep(_Section):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.study.name
+
+
+def matches(value: Scalar, allowed: list[Scalar]) -> bool:
+    """Whether ``value`` is one of ``allowed``, ``True`` not counting as ``1``."""
+    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
 
 
 def _check_value(name: str, value: Scalar) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ablation.config import Choices, Param, Scalar, is_integer_factor
+from ablation.config import Choices, Param, Scalar, is_integer_factor, matches
 from ablation.errors import UserError
 
 if TYPE_CHECKING:
@@ -65,12 +65,8 @@ def dependents(space: Mapping[str, Param]) -> dict[str, set[str]]:
 def is_active(param: Param, params: Mapping[str, Scalar]) -> bool:
     """Whether a factor exists given the values already chosen for its parents."""
     return all(
-        name in params and _matches(params[name], param.condition(name)) for name in param.when
+        name in params and matches(params[name], param.condition(name)) for name in param.when
     )
-
-
-def _matches(value: Scalar, allowed: list[Scalar]) -> bool:
-    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
 
 
 def grid(space: Mapping[str, Param]) -> list[Params]:
@@ -135,7 +131,7 @@ def label(params: Mapping[str, Any], seed: int | None = None) -> str:
         parts.append(f"lr{config.learning_rate:.2g}")
     if config.label_smoothing:
         parts.append(f"smooth{config.label_smoothing:.2g}")
-    if config.backbone != "cnn" and config.fine_tune_layers:
+    if config.fine_tunes:
         parts.append(f"ft{config.fine_tune_layers}x{config.fine_tune_epochs}")
     name = "+".join(parts)
     return name if seed is None else f"{name} s{seed}"
@@ -171,6 +167,6 @@ def _effective(config: Choices) -> Choices:
         updates.update(flip=default.flip, rotation=default.rotation)
     if config.backbone == "cnn":  # no global pooling, nothing to fine-tune
         updates.update(pooling=default.pooling, fine_tune_layers=0)
-    if config.backbone == "cnn" or config.fine_tune_layers == 0:
+    if not config.fine_tunes:
         updates.update(fine_tune_epochs=default.fine_tune_epochs)
     return config.model_copy(update=updates)

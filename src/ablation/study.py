@@ -419,7 +419,7 @@ def _run_trial(
             spec = TrialSpec(sweep, trial._trial_id, trial.number, params, seed, label, run_id)
 
             epochs = sweep.train.epochs
-            if choices.backbone != "cnn" and choices.fine_tune_layers:
+            if choices.fine_tunes:
                 epochs += choices.fine_tune_epochs
 
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:

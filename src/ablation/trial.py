@@ -102,7 +102,7 @@ def train(
         seed=seed,
         mixed_precision=sweep.train.mixed_precision,
     )
-    learning_rate = choices.learning_rate or sweep.train.learning_rate
+    learning_rate = sweep.train.learning_rate_of(choices)
     compile_model(model, sweep.train.optimizer, learning_rate, choices.label_smoothing)
     batch_size = sweep.data.batch_size
     parts = frozen_parts(model) if sweep.train.cache_features else None
@@ -129,18 +129,16 @@ def train(
     report_epoch = keras.callbacks.LambdaCallback(on_epoch_end=end_of_epoch)
     early_stopping = _early_stopping(sweep)
     callbacks = [report_epoch, *([early_stopping] if early_stopping else [])]
-    fitted, train_data = model, train_dataset(images.x_train, images.y_train, batch_size, seed)
-    validation = eval_dataset(images.x_val, images.y_val, batch_size)
+    fitted, x_train = model, images.x_train
     if parts is not None and "train" in features:
-        fitted = parts.head
-        train_data = train_dataset(features["train"], images.y_train, batch_size, seed)
-    if parts is not None and "val" in features:
-        validation = eval_dataset(features["val"], images.y_val, batch_size)
-        if fitted is model:  # augmented images in, cached features for validation
-            callbacks.insert(0, _validation_through(parts.head, validation))
-            validation = None
+        fitted, x_train = parts.head, features["train"]
+    validation = eval_dataset(features.get("val", images.x_val), images.y_val, batch_size)
+    if parts is not None and "val" in features and fitted is model:
+        # Augmented images in, cached features for validation: validate through the head.
+        callbacks.insert(0, _validation_through(parts.head, validation))
+        validation = None
     history = fitted.fit(
-        train_data,
+        train_dataset(x_train, images.y_train, batch_size, seed),
         validation_data=validation,
         epochs=sweep.train.epochs,
         callbacks=callbacks,
@@ -150,17 +148,18 @@ def train(
     kept = early_stopping.best_epoch if early_stopping else len(history["loss"]) - 1
 
     fine_tune_from = None
-    if choices.backbone != "cnn" and choices.fine_tune_layers > 0:
+    if choices.fine_tunes:
         fine_tune_from = len(history["loss"])
         features.pop("test", None)  # the backbone changes: test through the whole model
         history, kept = _fine_tune(
             model, choices, sweep, images, history, kept, report_epoch, learning_rate, seed
         )
-    if parts is not None and "test" in features:
-        tested, test_data = parts.head, eval_dataset(features["test"], images.y_test, batch_size)
-    else:
-        tested, test_data = model, eval_dataset(images.x_test, images.y_test, batch_size)
-    test = tested.evaluate(test_data, verbose=0, return_dict=True)
+    tested = parts.head if parts is not None and "test" in features else model
+    test = tested.evaluate(
+        eval_dataset(features.get("test", images.x_test), images.y_test, batch_size),
+        verbose=0,
+        return_dict=True,
+    )
     return TrialResult(
         history={k: [float(v) for v in values] for k, values in history.items()},
         val_accuracy=float(history["val_accuracy"][kept]),
