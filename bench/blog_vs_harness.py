@@ -1,6 +1,6 @@
 """The blog's four models: the blog's own recipe against the harness, same data, same run.
 
-    python bench/blog_vs_harness.py --data ../shared/data/cats_and_dogs --epochs 20
+    python bench/blog_vs_harness.py --data ../shared/data/cats_and_dogs --epochs 20 --seeds 0 1
     python bench/blog_vs_harness.py --epochs 2 --limit 100          # a few minutes
     python bench/blog_vs_harness.py --set train.patience=null       # harness without early stopping
 
@@ -11,7 +11,11 @@ up as ``sweeps/blog.yaml`` sets them up (early stopping, median pruner, feature
 cache), as a user runs it (each trial in its own process, MLflow records, model
 saved).
 Set KERAS_HOME to a folder with the MobileNetV2 weights when offline.
-Prints per model: wall seconds, test accuracy, and the ratio (a)/(b).
+Prints per model and seed: wall seconds, test accuracy, and the ratio (a)/(b);
+then the means over the seeds. Test accuracy is given twice for the recipe: on
+its own test batches (a fifth of the validation batches, re-drawn at every
+evaluation since the validation set is reshuffled) and on the harness's fixed
+test split, the same images the harness's accuracy is measured on.
 """
 
 from __future__ import annotations
@@ -56,8 +60,8 @@ def limited_copy(data: Path, limit: int | None, into: Path) -> Path:
     return into
 
 
-def blog_recipe(data: Path, epochs: int, seed: int) -> dict[str, tuple[float, float]]:
-    """The blog's code, model by model: {model: (seconds, test accuracy)}."""
+def blog_recipe(data: Path, epochs: int, seed: int) -> tuple[dict[str, tuple[float, float]], dict]:
+    """The blog's code, model by model: {model: (seconds, test accuracy)}, {model: model}."""
     import keras
     import tensorflow as tf
     from keras import layers
@@ -117,7 +121,7 @@ def blog_recipe(data: Path, epochs: int, seed: int) -> dict[str, tuple[float, fl
             layers.Dense(2),
         ],
     }
-    results = {}
+    results, models = {}, {}
     for name, build in builders.items():
         started = time.perf_counter()
         model = keras.Sequential([keras.Input(shape=(160, 160, 3)), *build()])
@@ -129,8 +133,32 @@ def blog_recipe(data: Path, epochs: int, seed: int) -> dict[str, tuple[float, fl
         model.fit(train_dataset, epochs=epochs, validation_data=validation_dataset, verbose=0)
         _, accuracy = model.evaluate(test_dataset, verbose=0)
         results[name] = (time.perf_counter() - started, float(accuracy))
+        models[name] = model
         print(f"  blog {name}: {results[name][0]:.0f} s, test accuracy {accuracy:.3f}", flush=True)
-    return results
+    return results, models
+
+
+def on_harness_test_split(models: dict, sweep_overrides: list[str]) -> dict[str, float]:
+    """The recipe's trained models on the harness's test split (same images, same order)."""
+    from ablation import load_sweep
+    from ablation.data import eval_dataset, load_images
+
+    sweep = load_sweep(BLOG_SWEEP, sweep_overrides)
+    images = load_images(sweep.data)
+    assert images.class_names == ["cats", "dogs"], images.class_names  # the recipe's labels
+    test = eval_dataset(images.x_test, images.y_test, batch_size=32)
+    return {name: float(model.evaluate(test, verbose=0)[1]) for name, model in models.items()}
+
+
+def harness_overrides(data: Path, epochs: int, workdir: Path) -> list[str]:
+    """What the bench sets in sweeps/blog.yaml: the data, the epochs, its own stores."""
+    return [
+        f"data.source={data}",
+        f"data.cache_dir={workdir}/cache",
+        f"train.epochs={epochs}",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+        "tracking.experiment=bench",
+    ]
 
 
 def harness(
@@ -148,12 +176,8 @@ def harness(
                 f"study.name=bench-{name}",
                 f"study.seeds=[{seed}]",
                 f"study.storage={workdir}/{name}.journal",
-                f"data.source={data}",
-                f"data.cache_dir={workdir}/cache",
-                f"train.epochs={epochs}",
                 f"space={space}",
-                f"tracking.uri=sqlite:///{workdir}/mlflow.db",
-                "tracking.experiment=bench",
+                *harness_overrides(data, epochs, workdir),
                 *overrides,
             ],
         )
@@ -181,28 +205,61 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cats_and_dogs"))
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--limit", type=int, help="images per class and split (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     add_overrides(parser, "override sweeps/blog.yaml for the harness, e.g. train.patience=null")
     args = parser.parse_args()
+    rows: dict[str, list[tuple[float, float, float, float, float]]] = {n: [] for n in BLOG_LABELS}
+    totals: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         data = limited_copy(args.data.resolve(), args.limit, workdir / "data")
-        print(f"(a) the blog's recipe, {args.epochs} epoch(s)", flush=True)
-        started = time.perf_counter()
-        blog = blog_recipe(data, args.epochs, args.seed)
-        blog_total = time.perf_counter() - started
-        print(f"(b) the harness, {args.epochs} epoch(s)", flush=True)
-        started = time.perf_counter()
-        ours = harness(data, args.epochs, args.seed, args.overrides, workdir)
-        ours_total = time.perf_counter() - started
-    print("\n| model | blog s | blog test acc | harness s | harness test acc | ratio |")
-    print("|---|---|---|---|---|---|")
-    for name in BLOG_LABELS:
-        (a_s, a_acc), (b_s, b_acc) = blog[name], ours[name]
-        print(f"| {name} | {a_s:.0f} | {a_acc:.3f} | {b_s:.0f} | {b_acc:.3f} | {a_s / b_s:.2f} |")
+        for seed in args.seeds:
+            # Each seed in fresh stores: the harness decodes the images and computes the
+            # features again, as a first run does.
+            seed_dir = workdir / f"seed{seed}"
+            seed_dir.mkdir()
+            print(f"(a) the blog's recipe, {args.epochs} epoch(s), seed {seed}", flush=True)
+            started = time.perf_counter()
+            blog, models = blog_recipe(data, args.epochs, seed)
+            blog_total = time.perf_counter() - started
+            print(f"(b) the harness, {args.epochs} epoch(s), seed {seed}", flush=True)
+            started = time.perf_counter()
+            ours = harness(data, args.epochs, seed, args.overrides, seed_dir)
+            ours_total = time.perf_counter() - started
+            same_test = on_harness_test_split(
+                models, [*harness_overrides(data, args.epochs, seed_dir), *args.overrides]
+            )
+            totals.append((blog_total, ours_total))
+            for name in BLOG_LABELS:
+                rows[name].append((*blog[name], same_test[name], *ours[name]))
+            print_table(f"seed {seed}", {n: [r[-1]] for n, r in rows.items()}, [totals[-1]])
+    if len(args.seeds) > 1:
+        print_table(f"mean over seeds {args.seeds}", rows, totals)
+
+
+def print_table(title: str, rows: dict[str, list], totals: list[tuple[float, float]]) -> None:
+    """One markdown table: per model the means of the given runs, then the total wall time."""
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    print(f"\n{title}\n")
     print(
-        f"| total (wall, incl. data loading and start-up) | {blog_total:.0f} | | "
-        f"{ours_total:.0f} | | {blog_total / ours_total:.2f} |"
+        "| model | blog s | blog test acc (its batches) | blog test acc (harness split) "
+        "| harness s | harness test acc | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in rows.items():
+        a_s, a_acc, a_same, b_s, b_acc = (mean([run[i] for run in runs]) for i in range(5))
+        print(
+            f"| {name} | {a_s:.0f} | {a_acc:.3f} | {a_same:.3f} | {b_s:.0f} | {b_acc:.3f} "
+            f"| {a_s / b_s:.2f} |"
+        )
+    blog_total, ours_total = mean([t[0] for t in totals]), mean([t[1] for t in totals])
+    print(
+        f"| total (wall, incl. data loading and start-up) | {blog_total:.0f} | | | "
+        f"{ours_total:.0f} | | {blog_total / ours_total:.2f} |",
+        flush=True,
     )
 
 

@@ -210,3 +210,17 @@ def test_when_cycle_is_refused(tmp_path: Path) -> None:
 
 def test_choices_defaults_are_the_blog_model1() -> None:
     assert Choices() == Choices(backbone="cnn", preprocess="none", augment=False)
+
+
+def test_precision_must_be_a_policy_auto_or_one_per_backbone(tmp_path: Path) -> None:
+    for value in ["auto", "mixed_bfloat16", "{cnn: mixed_bfloat16}"]:
+        load_sweep(sweep_file(tmp_path, MINIMAL), [f"train.precision={value}"])
+    message = error_of(sweep_file(tmp_path, MINIMAL), ["train.precision=bfloat16"])
+    assert "train.precision: " in message
+    assert "mixed_bfloat16" in message and "auto" in message
+    message = error_of(sweep_file(tmp_path, MINIMAL), ["train.precision={resnet: float32}"])
+    assert "resnet" in message and "mobilenet_v2" in message
+    message = error_of(sweep_file(tmp_path, MINIMAL), ["train.precision={cnn: auto}"])
+    assert "cnn: 'auto'" in message
+    message = error_of(sweep_file(tmp_path, MINIMAL), ["train.mixed_precision=true"])
+    assert "unknown key 'train.mixed_precision'" in message and "precision" in message

@@ -6,9 +6,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.config import Choices, Model
+from ablation import models
+from ablation.config import Choices, Model, Precision, Train
 from ablation.errors import UserError
-from ablation.models import build_model, compile_model, unfreeze_top, weights_fingerprint
+from ablation.models import (
+    build_model,
+    compile_model,
+    dtype_policy,
+    has_bfloat16_flags,
+    unfreeze_top,
+    weights_fingerprint,
+)
 from ablation.space import BLOG_MODELS, choices
 from conftest import SMALL_WEIGHTS, WEIGHTS
 
@@ -144,17 +152,53 @@ def test_weights_errors_are_one_line(tmp_path: Path) -> None:
         )
 
 
-def test_mixed_precision_computes_in_float16_with_float32_logits() -> None:
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]
+)
+def test_mixed_precision_computes_in_its_dtype_with_float32_logits(
+    precision: Precision, dtype: str
+) -> None:
     try:
         model = build_model(
-            Choices(augment=True), image_size=(32, 32), num_classes=2, mixed_precision=True
+            Choices(augment=True), image_size=(32, 32), num_classes=2, precision=precision
         )
-        assert model.get_layer("conv2d").compute_dtype == "float16"
+        assert model.get_layer("conv2d").compute_dtype == dtype
+        assert model.get_layer("conv2d").variable_dtype == "float32"
         assert model.get_layer("logits").compute_dtype == "float32"
         assert model.output.dtype == "float32"
     finally:
         plain = build_model(Choices(), image_size=(32, 32), num_classes=2)
     assert plain.get_layer("conv2d").compute_dtype == "float32"  # and back, for the next trial
+
+
+CNN, MOBILENET = Choices(backbone="cnn"), Choices(backbone="mobilenet_v2")
+
+
+def test_precision_one_policy_or_one_per_backbone() -> None:
+    assert dtype_policy(Train(), CNN) == "float32"
+    one = Train(precision="mixed_bfloat16")
+    assert dtype_policy(one, CNN) == dtype_policy(one, MOBILENET) == "mixed_bfloat16"
+    per_backbone = Train(precision={"cnn": "mixed_bfloat16"})
+    assert dtype_policy(per_backbone, CNN) == "mixed_bfloat16"
+    assert dtype_policy(per_backbone, MOBILENET) == "float32"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_for_the_cnn_only_where_the_cpu_has_it(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(models, "_cpu_computes_bfloat16", lambda: native)
+    auto = Train(precision="auto")
+    assert dtype_policy(auto, CNN) == ("mixed_bfloat16" if native else "float32")
+    assert dtype_policy(auto, MOBILENET) == "float32"
+
+
+def test_bfloat16_flags_are_read_from_cpuinfo() -> None:
+    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    sapphire_rapids = "flags\t\t: fpu avx512f amx_bf16 amx_tile\n"
+    zen3 = "flags\t\t: fpu avx2 fma\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n"
+    assert has_bfloat16_flags(zen4) and has_bfloat16_flags(sapphire_rapids)
+    assert not has_bfloat16_flags(zen3) and not has_bfloat16_flags("")
 
 
 # Beyond the blog: each factor's effect on the built model.

@@ -18,7 +18,7 @@ from conftest import SMALL_WEIGHTS, load_study
 SWEEP = """
 study: {{name: small, sampler: grid, seeds: [0, 1]}}
 data: {{source: {data}, image_size: [64, 64], batch_size: 8, limit_per_class: 8}}
-train: {{epochs: 2, optimizer: adam, learning_rate: 0.001}}
+train: {{epochs: 2, optimizer: adam, learning_rate: 0.001, precision: {{cnn: mixed_bfloat16}}}}
 model: {{weights: {weights}, alpha: 0.35}}
 space:
   augment:  {{choice: [false, true]}}
@@ -94,6 +94,8 @@ def test_child_runs_hold_params_curves_test_accuracy_and_artifacts(finished_stud
         assert ("rotation" in params) == (params["augment"] == "True")
         assert params["epochs"] == "2" and params["data_sha256"] == images.fingerprint
         assert ("weights_sha256" in params) == (params["backbone"] == "mobilenet_v2")
+        cnn = params["backbone"] == "cnn"
+        assert params["precision"] == ("mixed_bfloat16" if cnn else "float32")
         for key in ("accuracy", "loss", "val_accuracy", "val_loss"):
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == [0, 1]

@@ -24,7 +24,7 @@ sweep does not name keeps its default there, so a sweep only lists what it varie
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -42,6 +42,8 @@ from pydantic import (
 from ablation.errors import UserError
 
 Scalar = bool | int | float | str
+Backbone = Literal["cnn", "mobilenet_v2"]
+Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]  # Keras's dtype policies
 
 DEFAULT_OUTPUT_DIR = Path("mlruns")
 
@@ -63,7 +65,7 @@ class Choices(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backbone: Literal["cnn", "mobilenet_v2"] = "cnn"
+    backbone: Backbone = "cnn"
     preprocess: Literal["none", "mobilenet_v2"] = "none"
     augment: bool = False
     flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
@@ -212,14 +214,39 @@ class Train(_Section):
         description="stop after this many epochs without a better val_accuracy and keep the "
         "best epoch's weights; off by default (the blog trains every epoch)",
     )
-    mixed_precision: bool = Field(
-        False, description="float16 compute with float32 logits (for GPUs; slower on CPUs)"
+    precision: Literal["auto"] | Precision | dict[Backbone, Precision] = Field(
+        "float32",
+        description="Keras's compute dtype policy, one for all backbones or one per backbone "
+        "(a backbone left out: float32); the logits stay float32. auto: mixed_bfloat16 for "
+        "the CNN on a CPU that computes bfloat16 natively (AVX512-BF16 or AMX) and no GPU, "
+        "float32 otherwise (ablation.models.dtype_policy)",
     )
     cache_features: bool = Field(
         True,
         description="compute a frozen backbone's features once and train only the head on "
         "them where that is exact (see ablation.features); false runs the whole model",
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _policy_or_policy_per_backbone(cls, value: Any) -> Any:
+        policies, backbones = get_args(Precision), get_args(Backbone)
+        allowed = f"allowed: {', '.join(policies)}"
+        if value == "auto":
+            return value
+        if isinstance(value, dict):
+            for backbone, policy in value.items():
+                if backbone not in backbones:
+                    raise ValueError(
+                        f"unknown backbone {backbone!r} (allowed: {', '.join(backbones)})"
+                    )
+                if policy not in policies:
+                    raise ValueError(f"{backbone}: {policy!r} is not a dtype policy ({allowed})")
+        elif value not in policies:
+            raise ValueError(
+                f"{value!r} is not a dtype policy ({allowed}, auto, or a mapping backbone: policy)"
+            )
+        return value
 
     def learning_rate_of(self, choices: Choices) -> float:
         """A configuration's learning rate: its own factor if set, else this section's."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from ablation.config import Choices, Sweep
 from ablation.data import Images, eval_dataset
-from ablation.models import AUGMENTATION, backbone_of, weights_fingerprint
+from ablation.models import AUGMENTATION, backbone_of, dtype_policy, weights_fingerprint
 
 if TYPE_CHECKING:
     import keras
@@ -99,7 +99,7 @@ def feature_key(sweep: Sweep, images: Images, choices: Choices) -> str:
         sweep.model.weights,
         sweep.model.alpha,
         choices.preprocess,
-        sweep.train.mixed_precision,
+        dtype_policy(sweep.train, choices),
     )
     return hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
 

@@ -19,12 +19,13 @@ Backbones:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablation.config import Choices, Model
+from ablation.config import Choices, Model, Precision, Train
 from ablation.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def build_model(
     num_classes: int,
     model: Model | None = None,
     seed: int | None = None,
-    mixed_precision: bool = False,
+    precision: Precision = "float32",
 ) -> keras.Model:
     """Build (not compile) the model of one configuration.
 
@@ -51,13 +52,13 @@ def build_model(
         num_classes: Number of output logits.
         model: Backbone weights and width (MobileNetV2 only).
         seed: Seed of the augmentation layers.
-        mixed_precision: Compute in float16 (Keras's ``mixed_float16`` policy), keeping
-            the logits, and so the loss, in float32.
+        precision: Keras's dtype policy for every layer but the logits, which (and so
+            the loss) stay float32: ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
     """
     import keras
     from keras import layers
 
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy(precision)
     model = model or Model()
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = inputs
@@ -85,6 +86,52 @@ def build_model(
         x = layers.Dropout(choices.dropout, seed=seed, name="dropout")(x)
     outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=choices.backbone)
+
+
+def dtype_policy(train: Train, choices: Choices) -> Precision:
+    """The Keras dtype policy a configuration's model computes in (``train.precision``).
+
+    ``auto`` picks what was measured faster here (bench/README.md): bfloat16 for the
+    CNN (1.9x on a CPU with AVX512-BF16), float32 for MobileNetV2 (bfloat16 was slower)
+    and for any model on a machine whose CPU lacks native bfloat16 or that has a GPU
+    (not measured there)::
+
+        >>> from ablation.config import Train
+        >>> dtype_policy(Train(precision={"cnn": "mixed_bfloat16"}), Choices(backbone="cnn"))
+        'mixed_bfloat16'
+    """
+    if train.precision == "auto":
+        if choices.backbone == "cnn" and _cpu_computes_bfloat16():
+            return "mixed_bfloat16"
+        return "float32"
+    if isinstance(train.precision, dict):
+        return train.precision.get(choices.backbone, "float32")
+    return train.precision
+
+
+@functools.cache
+def _cpu_computes_bfloat16() -> bool:
+    """No GPU, and a CPU with bfloat16 instructions (Linux's /proc/cpuinfo flags)."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return has_bfloat16_flags(cpuinfo)
+
+
+def has_bfloat16_flags(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's flags name native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+    flags = {
+        flag
+        for line in cpuinfo.splitlines()
+        if line.startswith("flags")
+        for flag in line.partition(":")[2].split()
+    }
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def augmentation(choices: Choices, seed: int | None = None) -> keras.Sequential:

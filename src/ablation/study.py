@@ -222,7 +222,6 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
         "optimizer": sweep.train.optimizer,
         "learning_rate": sweep.train.learning_rate,
         "patience": sweep.train.patience or "off",
-        "mixed_precision": sweep.train.mixed_precision,
         "image_size": "x".join(map(str, sweep.data.image_size)),
         "data_source": sweep.data.source,
         "data_sha256": images.fingerprint,
@@ -387,6 +386,7 @@ def _run_trial(
     """Open the trial's MLflow run, train it (isolated or not), tell Optuna how it ended."""
     import optuna
 
+    from ablation.models import dtype_policy
     from ablation.storage import heartbeat
     from ablation.trial import TrialSpec, run_trial, run_trial_isolated
 
@@ -411,6 +411,7 @@ def _run_trial(
                 params={  # the trial's factors last: they override the train section's value
                     **context.identity,
                     **(context.weights if choices.backbone == "mobilenet_v2" else {}),
+                    "precision": dtype_policy(sweep.train, choices),
                     **params,
                     "seed": seed,
                 },

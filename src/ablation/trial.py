@@ -33,7 +33,13 @@ from ablation.config import Choices, Sweep
 from ablation.data import Images, eval_dataset, train_dataset
 from ablation.errors import first_line
 from ablation.features import cacheable_splits, feature_key, frozen_parts, load_features
-from ablation.models import build_model, compile_model, inference_copy, unfreeze_top
+from ablation.models import (
+    build_model,
+    compile_model,
+    dtype_policy,
+    inference_copy,
+    unfreeze_top,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -100,7 +106,7 @@ def train(
         num_classes=len(images.class_names),
         model=sweep.model,
         seed=seed,
-        mixed_precision=sweep.train.mixed_precision,
+        precision=dtype_policy(sweep.train, choices),
     )
     learning_rate = sweep.train.learning_rate_of(choices)
     compile_model(model, sweep.train.optimizer, learning_rate, choices.label_smoothing)
