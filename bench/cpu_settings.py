@@ -1,7 +1,8 @@
-"""XLA, op determinism and thread settings on this machine: which make an epoch faster?
+"""XLA, op determinism, threads and precision on this machine: which make an epoch faster?
 
-    python bench/cpu_settings.py                    # every setting, both blog backbones
+    python bench/cpu_settings.py                    # every setting, every model
     python bench/cpu_settings.py --images 480 --epochs 7
+    python bench/cpu_settings.py --setting default --setting bfloat16   # names containing these
 
 Each setting runs in a fresh process (TensorFlow's settings are per process) on
 random 160x160 images, and prints the seconds of each epoch; the first epoch
@@ -26,10 +27,16 @@ SETTINGS = {
     "XLA + deterministic ops": {"determinism": True, "jit": True},
     "1 intra-op / 1 inter-op thread": {"determinism": True, "jit": False, "threads": (1, 1)},
     "4 intra-op / 2 inter-op threads": {"determinism": True, "jit": False, "threads": (4, 2)},
+    "bfloat16 (mixed_bfloat16 policy)": {
+        "determinism": True,
+        "jit": False,
+        "precision": "mixed_bfloat16",
+    },
 }
 MODELS = {
     "cnn": {"backbone": "cnn"},
     "mobilenet_v2+aug": {"backbone": "mobilenet_v2", "augment": True, "preprocess": "mobilenet_v2"},
+    "mobilenet_v2": {"backbone": "mobilenet_v2", "preprocess": "mobilenet_v2"},
 }
 
 
@@ -49,7 +56,13 @@ def one_run(config: dict, images: int, epochs: int) -> list[float]:
     from ablation.models import build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model(Choices(**config["choices"]), image_size=(160, 160), num_classes=2, seed=0)
+    model = build_model(
+        Choices(**config["choices"]),
+        image_size=(160, 160),
+        num_classes=2,
+        seed=0,
+        precision=config.get("precision", "float32"),
+    )
     model.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -81,13 +94,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=480)
     parser.add_argument("--epochs", type=int, default=7)
+    parser.add_argument(
+        "--setting", action="append", help="run the settings whose name contains this (repeatable)"
+    )
+    parser.add_argument("--model", action="append", choices=list(MODELS), help="(repeatable)")
     args = parser.parse_args()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     print("| model | setting | median s/epoch (after the first) | vs default |")
     print("|---|---|---|---|")
     for model_name, choices in MODELS.items():
+        if args.model and model_name not in args.model:
+            continue
         baseline = None
         for setting_name, setting in SETTINGS.items():
+            is_baseline = setting_name.startswith("default")  # always run: the ratios' base
+            chosen = not args.setting or any(part in setting_name for part in args.setting)
+            if not (is_baseline or chosen):
+                continue
             config = {**setting, "choices": choices, "images": args.images, "epochs": args.epochs}
             done = subprocess.run(
                 [sys.executable, __file__, "--child", json.dumps(config)],

@@ -28,6 +28,18 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_dry_run_says_each_backbones_precision(tmp_path: Path) -> None:
+    result = run(
+        str(BLOG), "--dry-run", "--set", "train.precision={cnn: mixed_bfloat16}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].endswith(
+        "; cnn in mixed_bfloat16, mobilenet_v2 in float32"
+    )
+    result = run(str(BLOG), "--dry-run", "--set", "train.precision=float32", cwd=tmp_path)
+    assert " in float32" not in result.stdout.splitlines()[0]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

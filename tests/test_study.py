@@ -118,12 +118,18 @@ def test_logged_model_reproduces_the_logged_test_accuracy(finished_study, tmp_pa
     workdir, _, sweep, summary = finished_study
     client = mlflow_client(workdir)
     images = load_images(sweep.data)
-    outcome = summary.outcomes[-1]
-    local = client.download_artifacts(outcome.run_id, "model.keras", str(tmp_path))
-    model = keras.saving.load_model(local)
-    logits = model.predict(images.x_test.astype("float32"), verbose=0)
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == images.y_test))
-    assert accuracy == pytest.approx(outcome.test_accuracy, abs=1e-6)
+    for backbone in ("cnn", "mobilenet_v2"):  # bfloat16 and float32 (the sweep's precision)
+        outcome = [o for o in summary.outcomes if o.params["backbone"] == backbone][-1]
+        target = tmp_path / backbone
+        target.mkdir()
+        local = client.download_artifacts(outcome.run_id, "model.keras", str(target))
+        model = keras.saving.load_model(local)
+        assert model.layers[-1].compute_dtype == "float32"
+        if backbone == "cnn":
+            assert model.get_layer("conv2d").compute_dtype == "bfloat16"
+        logits = model.predict(images.x_test.astype("float32"), verbose=0)
+        accuracy = float(np.mean(np.argmax(logits, axis=1) == images.y_test))
+        assert accuracy == pytest.approx(outcome.test_accuracy, abs=1e-6)
     png = client.download_artifacts(outcome.run_id, "accuracy_curves.png", str(tmp_path))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

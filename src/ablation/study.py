@@ -119,7 +119,7 @@ def plan(sweep: Sweep) -> list[str]:
         lines = [
             f"study {study.name!r}: grid of {len(configurations)} configuration(s) x "
             f"{len(study.seeds)} seed(s) = {len(configurations) * len(study.seeds)} trial(s), "
-            f"{_epochs(sweep)}"
+            f"{_epochs(sweep)}{_precision(sweep)}"
         ]
         for params in configurations:
             blog = search_space.blog_name(params)
@@ -128,7 +128,7 @@ def plan(sweep: Sweep) -> list[str]:
         return lines
     lines = [
         f"study {study.name!r}: {study.trials} trial(s) sampled by {study.sampler} over "
-        f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}"
+        f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}{_precision(sweep)}"
     ]
     for params in study.try_first:
         lines.append(f"  first: {search_space.label(params):<32} {_format_params(params)}")
@@ -144,6 +144,24 @@ def _epochs(sweep: Sweep) -> str:
     if sweep.study.pruner != "none":
         stops.append(f"{sweep.study.pruner} pruning from epoch {sweep.study.prune_after + 1}")
     return f"{text} at most ({'; '.join(stops)})" if stops else text
+
+
+def _precision(sweep: Sweep) -> str:
+    """Each backbone's dtype policy where it is not plain float32, e.g. ``; cnn in
+    mixed_bfloat16 (precision: auto)``."""
+    from ablation.config import Choices
+    from ablation.models import dtype_policy
+
+    if sweep.train.precision == "float32":
+        return ""
+    searched = sweep.space.get("backbone")
+    backbones = searched.choice if searched and searched.choice else [Choices().backbone]
+    policies = ", ".join(
+        f"{backbone} in {dtype_policy(sweep.train, Choices.model_validate({'backbone': backbone}))}"
+        for backbone in backbones
+    )
+    auto = " (precision: auto)" if sweep.train.precision == "auto" else ""
+    return f"; {policies}{auto}"
 
 
 def _format_params(params: Params) -> str:
