@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -239,10 +240,6 @@ def main() -> None:
 
 def print_table(title: str, rows: dict[str, list], totals: list[tuple[float, float]]) -> None:
     """One markdown table: per model the means of the given runs, then the total wall time."""
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
     print(f"\n{title}\n")
     print(
         "| model | blog s | blog test acc (its batches) | blog test acc (harness split) "
@@ -250,12 +247,12 @@ def print_table(title: str, rows: dict[str, list], totals: list[tuple[float, flo
     )
     print("|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
-        a_s, a_acc, a_same, b_s, b_acc = (mean([run[i] for run in runs]) for i in range(5))
+        a_s, a_acc, a_same, b_s, b_acc = (statistics.mean(run[i] for run in runs) for i in range(5))
         print(
             f"| {name} | {a_s:.0f} | {a_acc:.3f} | {a_same:.3f} | {b_s:.0f} | {b_acc:.3f} "
             f"| {a_s / b_s:.2f} |"
         )
-    blog_total, ours_total = mean([t[0] for t in totals]), mean([t[1] for t in totals])
+    blog_total, ours_total = (statistics.mean(t[i] for t in totals) for i in range(2))
     print(
         f"| total (wall, incl. data loading and start-up) | {blog_total:.0f} | | | "
         f"{ours_total:.0f} | | {blog_total / ours_total:.2f} |",

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import yaml
 
 from ablation import space as search_space
-from ablation.config import Sweep
+from ablation.config import Choices, Sweep
 from ablation.errors import UserError, first_line
+from ablation.models import dtype_policy, mobilenet_v2_base, weights_fingerprint
 from ablation.space import Params
 from ablation.storage import ask, fail_stale_trials, lock
 from ablation.tracking import TRIAL_TAG
@@ -149,9 +150,6 @@ def _epochs(sweep: Sweep) -> str:
 def _precision(sweep: Sweep) -> str:
     """Each backbone's dtype policy where it is not plain float32, e.g. ``; cnn in
     mixed_bfloat16 (precision: auto)``."""
-    from ablation.config import Choices
-    from ablation.models import dtype_policy
-
     if sweep.train.precision == "float32":
         return ""
     searched = sweep.space.get("backbone")
@@ -221,7 +219,6 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
     """
 
     from ablation.data import load_images, write_images
-    from ablation.models import weights_fingerprint
     from ablation.tracking import Tracker
 
     if workers > 1 and sweep.study.isolation != "process":
@@ -404,7 +401,6 @@ def _run_trial(
     """Open the trial's MLflow run, train it (isolated or not), tell Optuna how it ended."""
     import optuna
 
-    from ablation.models import dtype_policy
     from ablation.storage import heartbeat
     from ablation.trial import TrialSpec, run_trial, run_trial_isolated
 
@@ -545,8 +541,6 @@ def _uses_mobilenet(sweep: Sweep) -> bool:
 def _check_weights(sweep: Sweep) -> None:
     """Load the backbone once before any trial, so a weights problem is one clear line."""
     import keras
-
-    from ablation.models import mobilenet_v2_base
 
     mobilenet_v2_base(sweep.data.image_size, sweep.model)
     keras.backend.clear_session()
