@@ -52,17 +52,17 @@ def one_run(config: dict, images: int, epochs: int) -> list[float]:
         tf.config.experimental.enable_op_determinism()
     import keras
 
-    from ablation.config import Choices
+    from ablation.factors import Configuration
     from ablation.models import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model(
-        Choices(**config["choices"]),
+        Configuration(**config["choices"]),
         image_size=(160, 160),
         num_classes=2,
         seed=0,
         precision=config.get("precision", "float32"),
-    )
+    ).model
     model.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from ablation import load_sweep, run_sweep
-from ablation.study import SilentReporter, TrialOutcome
+from ablation import TrialOutcome
+from ablation.workers import SilentReporter
 
 SWEEP = """
 study: {{name: memory, sampler: grid, seeds: {seeds}, isolation: {isolation}}}

@@ -6,14 +6,15 @@ import statistics
 import pytest
 from scipy import stats
 
-from ablation.analysis import TrialRecord, ablation_table, configuration_table, state_counts
+from ablation.analysis import ablation_table, configuration_table, state_counts
+from ablation.records import TrialRecord, TrialState
 
 LEVELS = {"augment": [False, True], "rotation": [0.1, 0.2], "backbone": ["cnn", "mobilenet_v2"]}
 DEPENDENTS = {"augment": {"rotation"}, "rotation": set(), "backbone": set()}
 
 
 def record(run: str, seed: int, test: float, state: str = "COMPLETE", **params) -> TrialRecord:  # type: ignore[no-untyped-def]
-    return TrialRecord(run, params, seed, state, val_accuracy=test + 0.01, test_accuracy=test)
+    return TrialRecord(run, params, seed, TrialState(state), best_val_accuracy=test + 0.01, test_accuracy=test)
 
 
 RECORDS = [

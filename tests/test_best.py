@@ -9,10 +9,10 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
-from ablation.analysis import TrialRecord
 from ablation.best import best_record
 from ablation.data import load_images
-from ablation.report import read_records
+from ablation.records import TrialRecord, TrialState
+from ablation.tracking import read_study
 from conftest import SMALL_WEIGHTS, run_module
 
 SWEEP = f"""
@@ -35,9 +35,9 @@ def record(
         run_id=run_id,
         params={},
         seed=0,
-        state=state,
+        state=TrialState(state),
         number=number,
-        val_accuracy=1.0,  # the best epoch's: not what the saved model has
+        best_val_accuracy=1.0,  # the best epoch's: not what the saved model has
         model_val_accuracy=val,
         test_accuracy=test,
     )
@@ -78,7 +78,7 @@ def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
         sweep = load_sweep(study)
-        _, records = read_records(sweep)
+        _, _, records = read_study(sweep)
         images = load_images(sweep.data)
     best = min(records, key=lambda r: (-(r.model_val_accuracy or 0.0), r.number))
     assert best.run_id in result.stdout

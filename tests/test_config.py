@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import Choices, load_sweep
+from ablation.config import load_sweep
 from ablation.errors import UserError
+from ablation.factors import Configuration
 
 REPO = Path(__file__).resolve().parents[1]
 BLOG = REPO / "sweeps" / "blog.yaml"
@@ -209,7 +210,7 @@ def test_when_cycle_is_refused(tmp_path: Path) -> None:
 
 
 def test_choices_defaults_are_the_blog_model1() -> None:
-    assert Choices() == Choices(backbone="cnn", preprocess="none", augment=False)
+    assert Configuration() == Configuration(backbone="cnn", preprocess="none", augment=False)
 
 
 def test_precision_must_be_a_policy_auto_or_one_per_backbone(tmp_path: Path) -> None:

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from ablation import features
-from ablation.config import Choices, Sweep
+from ablation.config import Sweep, Train
 from ablation.data import load_images
-from ablation.features import cacheable_splits, feature_key, frozen_parts, load_features
+from ablation.factors import Configuration
+from ablation.features import feature_key, load_features, plan_features
 from ablation.models import build_model
-from ablation.trial import train
+from ablation.training import train
 from conftest import SMALL_WEIGHTS, frozen_sweep
 
-FROZEN = Choices(backbone="mobilenet_v2", preprocess="mobilenet_v2")
+FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
 
 def small_sweep(data: Path, cache_dir: Path, *extra: str) -> Sweep:
@@ -30,23 +31,30 @@ def _fresh_memory_cache() -> None:
 
 
 def test_which_splits_are_cacheable() -> None:
-    assert cacheable_splits(FROZEN) == ("train", "val", "test")
+    def splits(configuration: Configuration, **train: object) -> tuple[str, ...]:
+        return plan_features(configuration, Train(**train)).splits  # type: ignore[arg-type]
+
+    assert splits(FROZEN) == ("train", "val", "test")
     augmented = FROZEN.model_copy(update={"augment": True})
-    assert cacheable_splits(augmented) == ("val", "test")
-    assert cacheable_splits(Choices(backbone="cnn")) == ()
+    assert splits(augmented) == ("val", "test")
+    assert plan_features(augmented, Train()).validates_through_head
+    fine_tuned = FROZEN.model_copy(update={"fine_tune_layers": 10})
+    assert splits(fine_tuned) == ("train", "val")  # the backbone changes before the test
+    assert splits(Configuration(backbone="cnn")) == ()
+    assert splits(FROZEN, cache_features=False) == ()
 
 
 def test_the_extractor_computes_the_full_models_backbone_features(small_data: Path) -> None:
     import keras
 
-    model = build_model(
+    parts = build_model(
         FROZEN.model_copy(update={"augment": True}),
         image_size=(96, 96),
         num_classes=2,
-        model=small_sweep(small_data, Path("unused")).model,
+        weights=small_sweep(small_data, Path("unused")).model,
     )
-    parts = frozen_parts(model)
-    assert parts is not None
+    model = parts.model
+    assert parts.extractor is not None and parts.head is not None
     # The full model's own path to its pooling layer (the layer's first call), at inference.
     inside = keras.Model(model.input, model.get_layer("global_max_pooling2d").input)
     images = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3)).astype("float32")
@@ -60,8 +68,9 @@ def test_the_extractor_computes_the_full_models_backbone_features(small_data: Pa
     ]
 
 
-def test_no_cut_without_a_frozen_backbone() -> None:
-    assert frozen_parts(build_model(Choices(), image_size=(96, 96), num_classes=2)) is None
+def test_no_cut_without_a_pretrained_backbone() -> None:
+    network = build_model(Configuration(), image_size=(96, 96), num_classes=2)
+    assert network.backbone is None and network.extractor is None and network.head is None
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -96,9 +105,8 @@ def test_a_cached_trial_is_the_full_models_trial(
 def test_features_are_read_back_from_the_cache_dir(small_data: Path, tmp_path: Path) -> None:
     sweep = small_sweep(small_data, tmp_path)
     images = load_images(sweep.data)
-    model = build_model(FROZEN, image_size=(96, 96), num_classes=2, model=sweep.model)
-    parts = frozen_parts(model)
-    assert parts is not None
+    parts = build_model(FROZEN, image_size=(96, 96), num_classes=2, weights=sweep.model)
+    assert parts.extractor is not None
     key = feature_key(sweep, images, FROZEN)
     computed = load_features(
         parts.extractor, images, ("val",), key=key, cache_dir=str(tmp_path), batch_size=8

@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation import models
-from ablation.config import Choices, Model, Precision, Train
+import ablation.precision
+from ablation.config import Precision, PretrainedWeights, Train
 from ablation.errors import UserError
+from ablation.factors import Configuration
 from ablation.models import (
     build_model,
     compile_model,
-    dtype_policy,
-    has_bfloat16_flags,
     unfreeze_top,
     weights_fingerprint,
 )
-from ablation.space import BLOG_MODELS, choices
+from ablation.precision import dtype_policy, has_bfloat16_flags
+from ablation.space import BLOG_MODELS, configuration
 from conftest import SMALL_WEIGHTS, WEIGHTS
 
 
@@ -58,9 +58,9 @@ CNN_LAYERS = [
 
 
 def test_blog_model1_to_model3_are_the_small_cnn_with_the_blog_extras() -> None:
-    model1 = build_model(choices(BLOG_MODELS["model1"]), image_size=(160, 160), num_classes=2)
-    model2 = build_model(choices(BLOG_MODELS["model2"]), image_size=(160, 160), num_classes=2)
-    model3 = build_model(choices(BLOG_MODELS["model3"]), image_size=(160, 160), num_classes=2)
+    model1 = build_model(configuration(BLOG_MODELS["model1"]), image_size=(160, 160), num_classes=2).model
+    model2 = build_model(configuration(BLOG_MODELS["model2"]), image_size=(160, 160), num_classes=2).model
+    model3 = build_model(configuration(BLOG_MODELS["model3"]), image_size=(160, 160), num_classes=2).model
     assert layer_names(model1) == ["image", *CNN_LAYERS]
     assert layer_names(model2) == ["image", "augmentation", *CNN_LAYERS]
     assert layer_names(model3) == ["image", "preprocess_mobilenet_v2", "augmentation", *CNN_LAYERS]
@@ -75,7 +75,7 @@ def test_blog_model1_to_model3_are_the_small_cnn_with_the_blog_extras() -> None:
 
 
 def test_blog_model4_is_frozen_mobilenet_v2_with_max_pooling_head() -> None:
-    model4 = build_model(choices(BLOG_MODELS["model4"]), image_size=(160, 160), num_classes=2)
+    model4 = build_model(configuration(BLOG_MODELS["model4"]), image_size=(160, 160), num_classes=2).model
     assert layer_names(model4) == [
         "image",
         "preprocess_mobilenet_v2",
@@ -96,7 +96,7 @@ def test_blog_model4_is_frozen_mobilenet_v2_with_max_pooling_head() -> None:
 def test_preprocess_layer_is_mobilenet_v2_preprocess_input() -> None:
     import keras
 
-    model = build_model(Choices(preprocess="mobilenet_v2"), image_size=(32, 32), num_classes=2)
+    model = build_model(Configuration(preprocess="mobilenet_v2"), image_size=(32, 32), num_classes=2).model
     layer = model.get_layer("preprocess_mobilenet_v2")
     x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
     expected = keras.applications.mobilenet_v2.preprocess_input(x.copy())
@@ -105,8 +105,8 @@ def test_preprocess_layer_is_mobilenet_v2_preprocess_input() -> None:
 
 def test_augmentation_changes_images_only_in_training() -> None:
     model = build_model(
-        Choices(augment=True, rotation=0.2), image_size=(32, 32), num_classes=2, seed=0
-    )
+        Configuration(augment=True, rotation=0.2), image_size=(32, 32), num_classes=2, seed=0
+    ).model
     augmentation = model.get_layer("augmentation")
     x = np.random.default_rng(0).uniform(0, 255, size=(4, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(np.asarray(augmentation(x, training=False)), x)
@@ -114,23 +114,23 @@ def test_augmentation_changes_images_only_in_training() -> None:
 
 
 def test_imagenet_weights_come_from_keras_home_and_are_fingerprinted() -> None:
-    model = build_model(Choices(backbone="mobilenet_v2"), image_size=(160, 160), num_classes=2)
+    model = build_model(Configuration(backbone="mobilenet_v2"), image_size=(160, 160), num_classes=2).model
     file = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
     expected = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-    assert weights_fingerprint((160, 160), Model()) == expected
+    assert weights_fingerprint((160, 160), PretrainedWeights()) == expected
     assert model.get_layer("mobilenetv2_1.00_160").trainable is False
 
 
 def test_a_weights_file_loads_at_another_size() -> None:
     model = build_model(
-        Choices(backbone="mobilenet_v2"),
+        Configuration(backbone="mobilenet_v2"),
         image_size=(64, 64),
         num_classes=3,
-        model=Model(weights=str(SMALL_WEIGHTS), alpha=0.35),
-    )
+        weights=PretrainedWeights(weights=str(SMALL_WEIGHTS), alpha=0.35),
+    ).model
     assert model.output_shape == (None, 3)
     assert (
-        weights_fingerprint((64, 64), Model(weights=str(SMALL_WEIGHTS), alpha=0.35))
+        weights_fingerprint((64, 64), PretrainedWeights(weights=str(SMALL_WEIGHTS), alpha=0.35))
         == (hashlib.sha256(SMALL_WEIGHTS.read_bytes()).hexdigest()[:16])
     )
 
@@ -138,17 +138,17 @@ def test_a_weights_file_loads_at_another_size() -> None:
 def test_weights_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is not a file"):
         build_model(
-            Choices(backbone="mobilenet_v2"),
+            Configuration(backbone="mobilenet_v2"),
             image_size=(64, 64),
             num_classes=2,
-            model=Model(weights=str(tmp_path / "missing.h5")),
+            weights=PretrainedWeights(weights=str(tmp_path / "missing.h5")),
         )
     with pytest.raises(UserError, match="does not fit MobileNetV2"):
         build_model(
-            Choices(backbone="mobilenet_v2"),
+            Configuration(backbone="mobilenet_v2"),
             image_size=(64, 64),
             num_classes=2,
-            model=Model(weights=str(SMALL_WEIGHTS), alpha=1.0),
+            weights=PretrainedWeights(weights=str(SMALL_WEIGHTS), alpha=1.0),
         )
 
 
@@ -160,18 +160,18 @@ def test_mixed_precision_computes_in_its_dtype_with_float32_logits(
 ) -> None:
     try:
         model = build_model(
-            Choices(augment=True), image_size=(32, 32), num_classes=2, precision=precision
-        )
+            Configuration(augment=True), image_size=(32, 32), num_classes=2, precision=precision
+        ).model
         assert model.get_layer("conv2d").compute_dtype == dtype
         assert model.get_layer("conv2d").variable_dtype == "float32"
         assert model.get_layer("logits").compute_dtype == "float32"
         assert model.output.dtype == "float32"
     finally:
-        plain = build_model(Choices(), image_size=(32, 32), num_classes=2)
+        plain = build_model(Configuration(), image_size=(32, 32), num_classes=2).model
     assert plain.get_layer("conv2d").compute_dtype == "float32"  # and back, for the next trial
 
 
-CNN, MOBILENET = Choices(backbone="cnn"), Choices(backbone="mobilenet_v2")
+CNN, MOBILENET = Configuration(backbone="cnn"), Configuration(backbone="mobilenet_v2")
 
 
 def test_precision_one_policy_or_one_per_backbone() -> None:
@@ -187,7 +187,7 @@ def test_precision_one_policy_or_one_per_backbone() -> None:
 def test_auto_precision_is_bfloat16_for_the_cnn_only_where_the_cpu_has_it(
     monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    monkeypatch.setattr(models, "_cpu_computes_bfloat16", lambda: native)
+    monkeypatch.setattr(ablation.precision, "_cpu_computes_bfloat16", lambda: native)
     auto = Train(precision="auto")
     assert dtype_policy(auto, CNN) == ("mixed_bfloat16" if native else "float32")
     assert dtype_policy(auto, MOBILENET) == "float32"
@@ -203,15 +203,19 @@ def test_bfloat16_flags_are_read_from_cpuinfo() -> None:
 
 # Beyond the blog: each factor's effect on the built model.
 
-SMALL_MOBILENET = Model(weights=str(SMALL_WEIGHTS), alpha=0.35)
+SMALL_MOBILENET = PretrainedWeights(weights=str(SMALL_WEIGHTS), alpha=0.35)
 
 
 def small_mobilenet(**factors: object):  # type: ignore[no-untyped-def]
+    return small_network(**factors).model
+
+
+def small_network(**factors: object):  # type: ignore[no-untyped-def]
     return build_model(
-        Choices(backbone="mobilenet_v2", **factors),  # type: ignore[arg-type]
+        Configuration(backbone="mobilenet_v2", **factors),  # type: ignore[arg-type]
         image_size=(64, 64),
         num_classes=2,
-        model=SMALL_MOBILENET,
+        weights=SMALL_MOBILENET,
     )
 
 
@@ -224,7 +228,7 @@ def test_pooling_average_or_max() -> None:
 
 def test_dropout_rate_on_both_backbones() -> None:
     assert small_mobilenet(dropout=0.5).get_layer("dropout").rate == 0.5
-    cnn = build_model(Choices(dropout=0.35), image_size=(32, 32), num_classes=2)
+    cnn = build_model(Configuration(dropout=0.35), image_size=(32, 32), num_classes=2).model
     assert cnn.get_layer("dropout").rate == 0.35
 
 
@@ -234,7 +238,7 @@ def test_label_smoothing_is_categorical_crossentropy_with_smoothed_targets() -> 
     y = np.array([0, 1, 1, 0])
     logits = np.array([[2.0, -1.0], [0.5, 0.3], [-3.0, 3.0], [0.0, 0.0]], dtype="float32")
     for smoothing in (0.0, 0.1, 0.3):
-        model = build_model(Choices(), image_size=(32, 32), num_classes=2)
+        model = build_model(Configuration(), image_size=(32, 32), num_classes=2).model
         compile_model(model, "adam", 0.001, label_smoothing=smoothing)
         expected = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
         got = model.compute_loss(x=None, y=y, y_pred=logits)
@@ -245,11 +249,12 @@ def test_label_smoothing_is_categorical_crossentropy_with_smoothed_targets() -> 
 def test_unfreeze_top_layers_keeps_batchnorm_frozen() -> None:
     from keras import layers
 
-    model = small_mobilenet()
+    network = small_network()
+    model = network.model
     base = model.layers[1]
-    assert base.trainable is False
+    assert base is network.backbone and base.trainable is False
     frozen_trainable = len(model.trainable_weights)
-    unfrozen = unfreeze_top(model, 10)
+    unfrozen = unfreeze_top(network, 10)
     top = base.layers[-10:]
     for layer in base.layers:
         if layer in top and not isinstance(layer, layers.BatchNormalization):
@@ -262,4 +267,4 @@ def test_unfreeze_top_layers_keeps_batchnorm_frozen() -> None:
         len(layer.trainable_weights) for layer in top
     )
     with pytest.raises(ValueError, match="no pretrained backbone"):
-        unfreeze_top(build_model(Choices(), image_size=(32, 32), num_classes=2), 3)
+        unfreeze_top(build_model(Configuration(), image_size=(32, 32), num_classes=2), 3)

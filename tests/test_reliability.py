@@ -15,9 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
-from ablation.config import Choices
 from ablation.data import load_images
-from ablation.trial import train
+from ablation.factors import Configuration
+from ablation.training import train
 from conftest import SMALL_WEIGHTS, load_study
 
 SWEEP = """
@@ -237,13 +237,13 @@ def test_a_trial_whose_loss_explodes_fails_and_the_study_goes_on(
 @pytest.mark.parametrize(
     "choices",
     [
-        Choices(backbone="cnn", augment=True, rotation=0.2),
-        Choices(backbone="mobilenet_v2", augment=True, preprocess="mobilenet_v2"),
+        Configuration(backbone="cnn", augment=True, rotation=0.2),
+        Configuration(backbone="mobilenet_v2", augment=True, preprocess="mobilenet_v2"),
     ],
     ids=["cnn+aug", "mobilenet_v2+aug+prep"],
 )
 def test_same_configuration_and_seed_give_the_same_numbers(
-    tmp_path: Path, small_data: Path, choices: Choices
+    tmp_path: Path, small_data: Path, choices: Configuration
 ) -> None:
     sweep = load_sweep(
         write_sweep(tmp_path, small_data, epochs=2),
@@ -267,16 +267,16 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path, small_data: Path) -
         ["train.patience=2"],
     )
     images = load_images(sweep.data)
-    result = train(Choices(), seed=0, sweep=sweep, images=images)
-    assert result.epochs_run == 3 and result.best_epoch == 0  # stopped after 2 idle epochs
-    assert result.val_accuracy == result.history["val_accuracy"][0]
+    result = train(Configuration(), seed=0, sweep=sweep, images=images)
+    assert result.epochs_run == 3 and result.kept_epoch == 0  # stopped after 2 idle epochs
+    assert result.model_val_accuracy == result.history["val_accuracy"][0]
     # The model holds the kept epoch's weights: its validation accuracy is that epoch's.
     x_val = images.x_val.astype("float32")
     predicted = np.argmax(result.model.predict(x_val, verbose=0), axis=1)
-    assert float(np.mean(predicted == images.y_val)) == pytest.approx(result.val_accuracy)
+    assert float(np.mean(predicted == images.y_val)) == pytest.approx(result.model_val_accuracy)
 
     learning = load_sweep(write_sweep(tmp_path, small_data, epochs=6), ["train.patience=50"])
-    full = train(Choices(), seed=0, sweep=learning, images=images)
+    full = train(Configuration(), seed=0, sweep=learning, images=images)
     assert full.epochs_run == 6  # patience longer than the budget: every epoch runs
-    assert full.val_accuracy == full.history["val_accuracy"][full.best_epoch]
-    assert full.val_accuracy == max(full.history["val_accuracy"])
+    assert full.model_val_accuracy == full.history["val_accuracy"][full.kept_epoch]
+    assert full.model_val_accuracy == max(full.history["val_accuracy"])

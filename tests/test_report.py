@@ -13,7 +13,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
-from ablation.report import PLOTS, build_report, render
+from ablation.figures import FIGURES
+from ablation.report import build_report, render
 from ablation.tracking import Tracker
 from conftest import run_module
 
@@ -60,13 +61,14 @@ def studies(small_data: Path, tmp_path_factory: pytest.TempPathFactory):  # type
                 tracker.client.log_metric(run_id, "test_accuracy", 0.0)
                 tracker.fail_trial(run_id, "RuntimeError: out of memory")
             elif state == "PRUNED":
-                tracker.finish_trial(run_id, metrics={"epochs_run": 1}, state="PRUNED")
+                tracker.prune_trial(run_id, epochs_run=1)
     return workdir, paths
 
 
 def summary_parent(tracker: Tracker, study: str) -> str:
-    parent, _ = tracker.study_runs(study)
-    return parent.info.run_id
+    parent_id, _ = tracker.trial_records(study, {})
+    assert parent_id is not None
+    return parent_id
 
 
 def report_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -152,7 +154,7 @@ def test_markdown_counts_what_it_leaves_out(studies) -> None:  # type: ignore[no
     importance = text.split("### Parameter importance")[1]
     assert re.search(r"^\| all trials +\| augment +\| +[01](\.\d+)? \| 6 trials", importance, re.M)
     assert re.search(r"^\| trials with augment=True +\| rotation +\|", importance, re.M)
-    figures = [workdir / "mlruns" / "reports" / "two-seeds" / name for name in PLOTS]
+    figures = [workdir / "mlruns" / "reports" / "two-seeds" / name for name in FIGURES]
     for figure in figures:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -5,14 +5,23 @@ import itertools
 import optuna
 import pytest
 
-from ablation.config import Param
-from ablation.space import BLOG_MODELS, blog_name, choices, grid, is_active, label, ordered, suggest
+from ablation.factors import Factor
+from ablation.space import (
+    BLOG_MODELS,
+    blog_name,
+    configuration,
+    grid,
+    is_active,
+    label,
+    ordered,
+    suggest,
+)
 
 BLOG_SPACE = {
-    "augment": Param(choice=[False, True]),
-    "rotation": Param(choice=[0.1, 0.2], when={"augment": True}),
-    "preprocess": Param(choice=["none", "mobilenet_v2"]),
-    "backbone": Param(choice=["cnn", "mobilenet_v2"]),
+    "augment": Factor(choice=[False, True]),
+    "rotation": Factor(choice=[0.1, 0.2], when={"augment": True}),
+    "preprocess": Factor(choice=["none", "mobilenet_v2"]),
+    "backbone": Factor(choice=["cnn", "mobilenet_v2"]),
 }
 
 
@@ -40,9 +49,9 @@ def test_inactive_factor_is_absent_not_defaulted() -> None:
 
 def test_when_accepts_a_list_of_values_and_chains() -> None:
     space = {
-        "backbone": Param(choice=["cnn", "mobilenet_v2"]),
-        "augment": Param(choice=[False, True], when={"backbone": ["cnn"]}),
-        "rotation": Param(choice=[0.1, 0.3], when={"augment": True}),
+        "backbone": Factor(choice=["cnn", "mobilenet_v2"]),
+        "augment": Factor(choice=[False, True], when={"backbone": ["cnn"]}),
+        "rotation": Factor(choice=[0.1, 0.3], when={"augment": True}),
     }
     points = grid(space)
     assert points == [
@@ -55,15 +64,15 @@ def test_when_accepts_a_list_of_values_and_chains() -> None:
 
 def test_order_puts_parents_first_whatever_the_file_order() -> None:
     space = {
-        "rotation": Param(choice=[0.1], when={"augment": True}),
-        "augment": Param(choice=[True]),
+        "rotation": Factor(choice=[0.1], when={"augment": True}),
+        "augment": Factor(choice=[True]),
     }
     assert ordered(space) == ["augment", "rotation"]
     assert grid(space) == [{"rotation": 0.1, "augment": True}]
 
 
 def test_bool_condition_does_not_match_integer_one() -> None:
-    param = Param(choice=[0.1], when={"augment": True})
+    param = Factor(choice=[0.1], when={"augment": True})
     assert is_active(param, {"augment": True})
     assert not is_active(param, {"augment": False})
     assert not is_active(param, {})
@@ -98,15 +107,15 @@ def test_labels_and_blog_names() -> None:
     assert sorted(n for n in names if n) == ["model1", "model2", "model3", "model4"]
     # A setting that does nothing (rotation without augmentation) does not change the model.
     assert blog_name({"augment": False, "rotation": 0.1, "backbone": "cnn"}) == "model1"
-    assert choices({"augment": True}).rotation == 0.2
+    assert configuration({"augment": True}).rotation == 0.2
 
 
 def test_ranges_are_sampled_within_bounds_on_their_scale() -> None:
     space = {
-        "backbone": Param(choice=["mobilenet_v2"]),
-        "learning_rate": Param(low=1e-4, high=1e-2, log=True),
-        "dropout": Param(low=0.0, high=0.5),
-        "fine_tune_layers": Param(low=0, high=60, when={"backbone": "mobilenet_v2"}),
+        "backbone": Factor(choice=["mobilenet_v2"]),
+        "learning_rate": Factor(low=1e-4, high=1e-2, log=True),
+        "dropout": Factor(low=0.0, high=0.5),
+        "fine_tune_layers": Factor(low=0, high=60, when={"backbone": "mobilenet_v2"}),
     }
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     rates = []
@@ -116,7 +125,7 @@ def test_ranges_are_sampled_within_bounds_on_their_scale() -> None:
         assert 1e-4 <= params["learning_rate"] <= 1e-2
         assert 0.0 <= params["dropout"] <= 0.5
         assert isinstance(params["fine_tune_layers"], int) and 0 <= params["fine_tune_layers"] <= 60
-        choices(params)  # every sampled point is a valid configuration
+        configuration(params)  # every sampled point is a valid configuration
         rates.append(params["learning_rate"])
         study.tell(trial, 0.5)
     # On a log scale about half the samples fall below the geometric middle (1e-3).

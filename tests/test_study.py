@@ -12,7 +12,8 @@ from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
 from ablation.data import load_images
-from ablation.study import grid_points, point_key
+from ablation.plan import grid_points
+from ablation.study import point_key
 from conftest import SMALL_WEIGHTS, load_study
 
 SWEEP = """
@@ -102,7 +103,7 @@ def test_child_runs_hold_params_curves_test_accuracy_and_artifacts(finished_stud
         val_history = sorted(
             client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step
         )
-        assert val_history[-1].value == pytest.approx(outcome.val_accuracy)
+        assert val_history[-1].value == pytest.approx(outcome.model_val_accuracy)
         # Accuracy on the test set is a whole number of correct images.
         n_test = int(params["n_test"])
         assert n_test == len(images.y_test)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.config import Choices, Sweep
+from ablation.config import Sweep
 from ablation.data import load_images
-from ablation.models import backbone_of
-from ablation.trial import train
+from ablation.factors import Configuration
+from ablation.training import train
 from conftest import frozen_sweep
 
-FROZEN = Choices(backbone="mobilenet_v2", preprocess="mobilenet_v2")
+FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
 
 def small_sweep(data: Path, cache_dir: Path, *extra: str) -> Sweep:
@@ -51,12 +51,12 @@ def test_fine_tuning_is_a_second_phase_at_a_tenth_of_the_learning_rate(
     assert epochs_seen == [0, 1, 2, 3, 4]  # both phases, numbered on
     assert all(len(values) == 5 for values in result.history.values())
     assert float(result.model.optimizer.learning_rate) == pytest.approx(0.0002)
-    backbone = backbone_of(result.model)
+    backbone = result.network.backbone
     assert backbone is not None
     trainable = [layer for layer in backbone.layers if layer.trainable and layer.weights]
     assert trainable and all(layer in backbone.layers[-12:] for layer in trainable)
     assert result.cached_splits == ("train", "val")  # the first phase; test through the model
-    assert result.best_epoch == 4  # no early stopping: the last epoch's weights
+    assert result.kept_epoch == 4  # no early stopping: the last epoch's weights
 
 
 def test_fine_tuning_that_does_not_help_keeps_the_first_phases_model(
@@ -69,10 +69,10 @@ def test_fine_tuning_that_does_not_help_keeps_the_first_phases_model(
     images = load_images(sweep.data)
     result = train(choices, seed=0, sweep=sweep, images=images)
     assert result.fine_tune_from is not None
-    kept_phase = "first" if result.best_epoch < result.fine_tune_from else "second"
+    kept_phase = "first" if result.kept_epoch < result.fine_tune_from else "second"
     evaluated = result.model.evaluate(
         images.x_val.astype("float32"), images.y_val, verbose=0, return_dict=True
     )
-    assert evaluated["accuracy"] == pytest.approx(result.val_accuracy), kept_phase
-    assert result.val_accuracy == max(result.history["val_accuracy"][: result.best_epoch + 1])
+    assert evaluated["accuracy"] == pytest.approx(result.model_val_accuracy), kept_phase
+    assert result.model_val_accuracy == max(result.history["val_accuracy"][: result.kept_epoch + 1])
     assert np.isfinite(result.test_loss)

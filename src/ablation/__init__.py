@@ -9,9 +9,12 @@ or from Python::
     from ablation import load_sweep, run_sweep
     summary = run_sweep(load_sweep("sweeps/blog.yaml", overrides=["train.epochs=1"]))
 
-The data flow is the module layout: ``config`` (sweep file) -> ``space``
-(search space) -> ``data`` (tf.data pipeline) -> ``models`` -> ``trial``
--> ``tracking`` (MLflow) -> ``study`` (Optuna) -> ``run`` (command line).
+The data flow is the module layout: ``factors`` and ``config`` (sweep file) ->
+``space`` (search space) -> ``data`` (tf.data pipeline) -> ``models`` ->
+``features`` -> ``training`` -> ``tracking`` (MLflow) and ``storage`` (Optuna) ->
+``trial`` -> ``isolation`` -> ``study`` -> ``run`` (command line); then
+``analysis`` -> ``report``, ``best`` and ``ui``. ``records`` names what a trial
+comes to (its states, its MLflow record) for all of them.
 """
 
 from __future__ import annotations
@@ -21,15 +24,21 @@ import os
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) says nothing a user can act on.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ablation.config import Choices, Sweep, load_sweep  # noqa: E402
+from ablation.config import Sweep, load_sweep  # noqa: E402
 from ablation.errors import UserError  # noqa: E402
-from ablation.study import StudySummary, TrialOutcome, run_sweep  # noqa: E402
+from ablation.factors import Configuration, Factor  # noqa: E402
+from ablation.records import TrialRecord, TrialState  # noqa: E402
+from ablation.study import StudySummary, run_sweep  # noqa: E402
+from ablation.trial import TrialOutcome  # noqa: E402
 
 __all__ = [
-    "Choices",
+    "Configuration",
+    "Factor",
     "StudySummary",
     "Sweep",
     "TrialOutcome",
+    "TrialRecord",
+    "TrialState",
     "UserError",
     "load_sweep",
     "run_sweep",

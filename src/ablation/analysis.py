@@ -1,6 +1,7 @@
 """What each design choice contributed, and how sure we are: pure functions on trial records.
 
-A :class:`TrialRecord` is one trial as MLflow recorded it. From a list of them:
+A :class:`ablation.records.TrialRecord` is one trial as MLflow recorded it. From a
+list of them:
 
 * :func:`configuration_table` aggregates the seeds of each configuration
   (mean and sample standard deviation of validation and test accuracy);
@@ -14,14 +15,15 @@ A :class:`TrialRecord` is one trial as MLflow recorded it. From a list of them:
 Only COMPLETE trials enter any mean; the others are counted apart.
 
 Example:
+    >>> complete = TrialState.COMPLETE
     >>> records = [
-    ...     TrialRecord("a", {"augment": False}, 0, "COMPLETE", 0.60, 0.58),
-    ...     TrialRecord("b", {"augment": True, "rotation": 0.2}, 0, "COMPLETE", 0.64, 0.63),
+    ...     TrialRecord("a", {"augment": False}, 0, complete, test_accuracy=0.58),
+    ...     TrialRecord("b", {"augment": True, "rotation": 0.2}, 0, complete, test_accuracy=0.63),
     ... ]
-    >>> row = ablation_table(records, {"augment": [False, True], "rotation": [0.2]},
-    ...                      {"rotation": {"augment"}})[0]
-    >>> round(row.effect, 2), row.pairs
-    (0.05, 1)
+    >>> effect = ablation_table(records, {"augment": [False, True], "rotation": [0.2]},
+    ...                         {"augment": {"rotation"}})[1]
+    >>> effect.level, round(effect.effect, 2), effect.pairs
+    (True, 0.05, 1)
 """
 
 from __future__ import annotations
@@ -29,39 +31,26 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ablation.config import Scalar
+from ablation.factors import Params, Scalar, same_value, value_key
+from ablation.records import TrialRecord, TrialState
 
-Params = dict[str, Scalar]
 Key = tuple[tuple[str, Scalar], ...]
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial as recorded: its configuration, seed, outcome and curve."""
-
-    run_id: str
-    params: Params
-    seed: int
-    state: str  # one of STATES
-    number: int | None = None  # the Optuna trial number
-    val_accuracy: float | None = None  # best epoch
-    model_val_accuracy: float | None = None  # of the weights tested and saved
-    test_accuracy: float | None = None
-    epochs_run: int = 0
-    seconds: float = 0.0
-    val_curve: tuple[float, ...] = ()
-
-    @property
-    def key(self) -> Key:
-        return configuration_key(self.params)
 
 
 def configuration_key(params: Mapping[str, Scalar]) -> Key:
     return tuple(sorted(params.items()))
+
+
+def _complete(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials that enter a mean: COMPLETE, with a test accuracy."""
+    return [r for r in records if r.state == TrialState.COMPLETE and r.test_accuracy is not None]
+
+
+def _key(record: TrialRecord) -> Key:
+    return configuration_key(record.params)
 
 
 @dataclass
@@ -104,23 +93,21 @@ class ConfigurationRow:
         ]
 
 
-def state_counts(records: Sequence[TrialRecord]) -> dict[str, int]:
+def state_counts(records: Sequence[TrialRecord]) -> dict[TrialState, int]:
     counts = Counter(r.state for r in records)
-    return {state: counts.get(state, 0) for state in STATES}
+    return {state: counts.get(state, 0) for state in TrialState}
 
 
 def configuration_table(records: Sequence[TrialRecord]) -> list[ConfigurationRow]:
     """One row per configuration over its COMPLETE trials, best validation accuracy first."""
     rows: dict[Key, ConfigurationRow] = {}
-    for record in records:
-        if record.state != "COMPLETE" or record.test_accuracy is None:
-            continue
+    for record in _complete(records):
         row = rows.setdefault(
-            record.key, ConfigurationRow(dict(record.params), [], [], [], [], [], [])
+            _key(record), ConfigurationRow(dict(record.params), [], [], [], [], [], [])
         )
         row.run_ids.append(record.run_id)
         row.seeds.append(record.seed)
-        row.val_accuracies.append(record.val_accuracy or 0.0)
+        row.val_accuracies.append(record.best_val_accuracy or 0.0)
         row.test_accuracies.append(record.test_accuracy)
         row.epochs_run.append(record.epochs_run)
         row.seconds.append(record.seconds)
@@ -160,7 +147,7 @@ class Effect:
 
     def verdict(self) -> str:
         """In plain words: the effect, its interval, and whether it can be told from zero."""
-        if self.level == self.baseline:
+        if same_value(self.level, self.baseline):
             return "baseline"
         if not self.differences:
             return "no matched pairs: cannot tell"
@@ -188,34 +175,34 @@ def ablation_table(
         dependents: For each factor, the factors whose ``when`` depends on it
             (directly or not); they are ignored when matching pairs.
     """
-    complete = [r for r in records if r.state == "COMPLETE" and r.test_accuracy is not None]
+    complete = _complete(records)
     effects: list[Effect] = []
     for factor, choices in levels.items():
         if len(choices) < 2:
             continue
         baseline = choices[0]
         ignored = {factor, *dependents.get(factor, set())}
-        by_rest: dict[tuple[Key, int], dict[Scalar, list[float]]] = defaultdict(
+        by_rest: dict[tuple[Key, int], dict[Hashable, list[float]]] = defaultdict(
             lambda: defaultdict(list)
         )
         for record in complete:
             if factor not in record.params:
                 continue
             rest = configuration_key({k: v for k, v in record.params.items() if k not in ignored})
-            by_rest[(rest, record.seed)][_level(record.params[factor])].append(
+            by_rest[(rest, record.seed)][value_key(record.params[factor])].append(
                 record.test_accuracy or 0.0
             )
         for level in choices:
             at_level = [
                 r.test_accuracy or 0.0
                 for r in complete
-                if factor in r.params and _level(r.params[factor]) == _level(level)
+                if factor in r.params and value_key(r.params[factor]) == value_key(level)
             ]
             differences: list[float] = []
-            if level != baseline or type(level) is not type(baseline):
+            if not same_value(level, baseline):
                 for by_level in by_rest.values():
-                    treated = by_level.get(_level(level), [])
-                    control = by_level.get(_level(baseline), [])
+                    treated = by_level.get(value_key(level), [])
+                    control = by_level.get(value_key(baseline), [])
                     differences += [t - c for t in treated for c in control]
             effects.append(
                 Effect(
@@ -227,8 +214,3 @@ def ablation_table(
                 )
             )
     return effects
-
-
-def _level(value: Scalar) -> tuple[str, Scalar]:
-    """A hashable level that keeps True apart from 1."""
-    return (type(value).__name__, value)

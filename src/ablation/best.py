@@ -11,11 +11,17 @@ choose. The file written is the trial's own model: it takes raw RGB images
 (0-255, float or uint8 cast to float, at the sweep's image size), preprocessing
 included, and gives one logit per class::
 
-    >>> import keras, numpy as np
-    >>> model = keras.saving.load_model("beyond-best.keras")
-    >>> logits = model.predict(np.zeros((1, 160, 160, 3), "float32"), verbose=0)
-    >>> logits.shape
-    (1, 2)
+    import keras, numpy as np
+    model = keras.saving.load_model("beyond-best.keras")
+    logits = model.predict(np.zeros((1, 160, 160, 3), "float32"), verbose=0)   # shape (1, 2)
+
+Example:
+    >>> from ablation.records import TrialRecord, TrialState
+    >>> done = TrialState.COMPLETE
+    >>> records = [TrialRecord("a", {}, 0, done, number=0, model_val_accuracy=0.8),
+    ...            TrialRecord("b", {}, 0, done, number=1, model_val_accuracy=0.9)]
+    >>> best_record(records).run_id
+    'b'
 """
 
 from __future__ import annotations
@@ -28,16 +34,20 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ablation.analysis import TrialRecord
+from ablation import space
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import load_sweep
 from ablation.errors import UserError, first_line
+from ablation.records import ParamName, TrialRecord, TrialState
+from ablation.tracking import read_study
 
 
 def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:
     """The COMPLETE trial whose saved model has the best validation accuracy; on a tie,
     the earlier trial (lower trial number)."""
-    complete = [r for r in records if r.state == "COMPLETE" and r.model_val_accuracy is not None]
+    complete = [
+        r for r in records if r.state == TrialState.COMPLETE and r.model_val_accuracy is not None
+    ]
     if not complete:
         return None
     return min(complete, key=lambda r: (-(r.model_val_accuracy or 0.0), r.number or 0))
@@ -67,47 +77,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ablation import space as search_space
-    from ablation.report import read_records
-    from ablation.tracking import Tracker
-
     sweep = load_sweep(args.sweep, args.overrides)
     output: Path = args.output or Path(f"{sweep.study.name}-best.keras")
     if output.suffix != ".keras":
         raise UserError(f"-o {output}: the model file must end in .keras (Keras's format)")
-    _, records = read_records(sweep)
+    tracker, _, records = read_study(sweep)
     best = best_record(records)
-    complete = sum(r.state == "COMPLETE" for r in records)
+    complete = sum(r.state == TrialState.COMPLETE for r in records)
     if best is None:
         raise UserError(
             f"study {sweep.study.name!r} has no complete trial yet ({len(records)} recorded); "
             "run `python -m ablation.run` on this sweep"
         )
-    tracker = Tracker.existing(sweep.tracking, sweep.experiment_name)
-    run = tracker.client.get_run(best.run_id)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            saved = tracker.client.download_artifacts(best.run_id, "model.keras", tmp)
-        except Exception as exc:  # MLflow raises several kinds for a missing artifact
-            raise UserError(
-                f"the best trial's model is not in the store (run {best.run_id}: {first_line(exc)})"
-            ) from None
-        input_shape = _check_loads(Path(saved))
+        saved = tracker.download_model(best.run_id, tmp)
+        input_shape = _check_loads(saved)
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(saved, output)
 
-    config = search_space.choices(best.params).model_dump()
-    config["learning_rate"] = sweep.train.learning_rate_of(search_space.choices(best.params))
-    classes = run.data.params.get("class_names", "").split(",")
+    configuration = space.configuration(best.params)
+    shown = configuration.model_dump()
+    shown["learning_rate"] = sweep.train.learning_rate_of(configuration)
+    classes = tracker.run_params(best.run_id).get(ParamName.CLASS_NAMES, "").split(",")
     print(
         f"best of {complete} complete trial(s) of study {sweep.study.name!r}: "
-        f"{search_space.label(best.params, best.seed)}"
+        f"{space.label(best.params, best.seed)}"
     )
     print(f"  validation accuracy {best.model_val_accuracy:.4f} (chosen on this)")
     print(f"  test accuracy       {best.test_accuracy:.4f} (reported only)")
     print(f"  epochs {best.epochs_run}; MLflow run {best.run_id}")
-    print("  configuration: " + " ".join(f"{k}={v}" for k, v in config.items()))
+    print("  configuration: " + " ".join(f"{k}={v}" for k, v in shown.items()))
     print(
         f"wrote {output}: RGB images {input_shape[1]}x{input_shape[2]} (0-255) in, "
         f"one logit per class out ({', '.join(f'{i}={c}' for i, c in enumerate(classes))})"

@@ -17,8 +17,8 @@ Example:
     >>> sweep.train.epochs
     1
 
-Every factor a ``space`` may name is a field of :class:`Choices`; a factor a
-sweep does not name keeps its default there, so a sweep only lists what it varies.
+The ``space`` maps factor names to :class:`ablation.factors.Factor`; the factors
+themselves are the fields of :class:`ablation.factors.Configuration`.
 """
 
 from __future__ import annotations
@@ -40,9 +40,16 @@ from pydantic import (
 )
 
 from ablation.errors import UserError
+from ablation.factors import (
+    BackboneName,
+    Configuration,
+    Factor,
+    Scalar,
+    check_range,
+    check_value,
+    is_one_of,
+)
 
-Scalar = bool | int | float | str
-Backbone = Literal["cnn", "mobilenet_v2"]
 Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]  # Keras's dtype policies
 
 DEFAULT_OUTPUT_DIR = Path("mlruns")
@@ -50,91 +57,6 @@ DEFAULT_OUTPUT_DIR = Path("mlruns")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Choices(_Section):
-    """One point of the design space: what a single trial builds.
-
-    The blog's four models are four points of it::
-
-        model1: backbone=cnn
-        model2: backbone=cnn, augment=true, rotation=0.2
-        model3: backbone=cnn, augment=true, rotation=0.2, preprocess=mobilenet_v2
-        model4: backbone=mobilenet_v2, augment=true, rotation=0.2, preprocess=mobilenet_v2
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backbone: Backbone = "cnn"
-    preprocess: Literal["none", "mobilenet_v2"] = "none"
-    augment: bool = False
-    flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
-    rotation: float = Field(0.2, ge=0.0, le=1.0, description="fraction of a full turn")
-    # Beyond the blog; each default is the blog's model.
-    pooling: Literal["max", "avg"] = Field("max", description="MobileNetV2's global pooling")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate before the last layers")
-    learning_rate: float | None = Field(
-        None, gt=0.0, le=1.0, description="the optimizer's; unset: train.learning_rate"
-    )
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    fine_tune_layers: int = Field(
-        0,
-        ge=0,
-        description="after the head has trained, unfreeze the backbone's top N layers "
-        "(BatchNorm stays frozen) and train on at a tenth of the learning rate; 0: off",
-    )
-    fine_tune_epochs: int = Field(10, ge=1, description="epochs of the fine-tuning phase")
-
-    @property
-    def fine_tunes(self) -> bool:
-        """Whether a second, fine-tuning phase follows (only a pretrained backbone has one)."""
-        return self.backbone != "cnn" and self.fine_tune_layers > 0
-
-
-class Param(_Section):
-    """One searched factor: the values to try (``choice``) or a numeric range to sample
-    (``low``, ``high``, ``log``; tpe and random samplers), and when the factor exists."""
-
-    choice: list[Scalar] | None = Field(None, min_length=1)
-    low: float | None = None
-    high: float | None = None
-    log: bool = Field(False, description="sample the range on a log scale")
-    when: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
-
-    @field_validator("choice")
-    @classmethod
-    def _distinct(cls, values: list[Scalar] | None) -> list[Scalar] | None:
-        seen: list[Scalar] = []
-        for value in values or []:
-            if any(value == s and type(value) is type(s) for s in seen):
-                raise ValueError(f"value {value!r} is listed twice")
-            seen.append(value)
-        return values
-
-    @model_validator(mode="after")
-    def _choice_or_range(self) -> Param:
-        has_range = self.low is not None or self.high is not None
-        if self.choice is None and not has_range:
-            raise ValueError("give 'choice: [...]' or a range 'low: X, high: Y'")
-        if self.choice is not None and (has_range or self.log):
-            raise ValueError("give either 'choice' or 'low'/'high'/'log', not both")
-        if has_range:
-            if self.low is None or self.high is None:
-                raise ValueError("a range needs both 'low' and 'high'")
-            if self.low >= self.high:
-                raise ValueError(f"'low' ({self.low:g}) must be below 'high' ({self.high:g})")
-            if self.log and self.low <= 0:
-                raise ValueError("a log-scale range needs 'low' above 0")
-        return self
-
-    @property
-    def is_range(self) -> bool:
-        return self.choice is None
-
-    def condition(self, name: str) -> list[Scalar]:
-        """The values of factor ``name`` under which this one is active."""
-        wanted = self.when[name]
-        return wanted if isinstance(wanted, list) else [wanted]
 
 
 class Study(_Section):
@@ -214,7 +136,7 @@ class Train(_Section):
         description="stop after this many epochs without a better val_accuracy and keep the "
         "best epoch's weights; off by default (the blog trains every epoch)",
     )
-    precision: Literal["auto"] | Precision | dict[Backbone, Precision] = Field(
+    precision: Literal["auto"] | Precision | dict[BackboneName, Precision] = Field(
         "float32",
         description="Keras's compute dtype policy, one for all backbones or one per backbone "
         "(a backbone left out: float32); the logits stay float32. auto: mixed_bfloat16 for "
@@ -230,7 +152,7 @@ class Train(_Section):
     @field_validator("precision", mode="before")
     @classmethod
     def _policy_or_policy_per_backbone(cls, value: Any) -> Any:
-        policies, backbones = get_args(Precision), get_args(Backbone)
+        policies, backbones = get_args(Precision), get_args(BackboneName)
         allowed = f"allowed: {', '.join(policies)}"
         if value == "auto":
             return value
@@ -248,12 +170,14 @@ class Train(_Section):
             )
         return value
 
-    def learning_rate_of(self, choices: Choices) -> float:
+    def learning_rate_of(self, configuration: Configuration) -> float:
         """A configuration's learning rate: its own factor if set, else this section's."""
-        return choices.learning_rate or self.learning_rate
+        return configuration.learning_rate or self.learning_rate
 
 
-class Model(_Section):
+class PretrainedWeights(_Section):
+    """The ``model`` section: the pretrained backbone's weights and width."""
+
     weights: str = Field(
         "imagenet", description="'imagenet' (Keras's cache or download) or a weights file"
     )
@@ -281,21 +205,21 @@ class Sweep(_Section):
     study: Study
     data: Data
     train: Train = Field(default_factory=Train)
-    model: Model = Field(default_factory=Model)
-    space: dict[str, Param] = Field(min_length=1)
+    model: PretrainedWeights = Field(default_factory=PretrainedWeights)
+    space: dict[str, Factor] = Field(min_length=1)
     tracking: Tracking = Field(default_factory=Tracking)
 
     @field_validator("space")
     @classmethod
-    def _known_factors(cls, space: dict[str, Param]) -> dict[str, Param]:
-        allowed = list(Choices.model_fields)
+    def _known_factors(cls, space: dict[str, Factor]) -> dict[str, Factor]:
+        allowed = list(Configuration.model_fields)
         for name, param in space.items():
-            if name not in Choices.model_fields:
+            if name not in Configuration.model_fields:
                 raise ValueError(f"unknown factor {name!r}; allowed: {', '.join(allowed)}")
             if param.is_range:
-                _check_range(name, param)
+                check_range(name, param)
             for value in param.choice or []:
-                _check_value(name, value)
+                check_value(name, value)
             for other in param.when:
                 if other == name:
                     raise ValueError(f"{name}.when names {name} itself")
@@ -307,7 +231,7 @@ class Sweep(_Section):
                 if space[other].choice is None:
                     raise ValueError(f"{name}.when names {other!r}, a range; 'when' needs choices")
                 for value in param.condition(other):
-                    if value not in space[other].choice:
+                    if not is_one_of(value, space[other].choice):
                         raise ValueError(
                             f"{name}.when: {other}={value!r} is not one of {other}'s choices "
                             f"{space[other].choice}"
@@ -335,7 +259,7 @@ class Sweep(_Section):
                         f"{where}: {name!r} is not a factor of the space; "
                         f"allowed: {', '.join(self.space)}"
                     )
-                if param.choice is not None and not matches(value, param.choice):
+                if param.choice is not None and not is_one_of(value, param.choice):
                     raise ValueError(f"{where}: {name}={value!r} is not one of {param.choice}")
                 if param.is_range and not (
                     isinstance(value, int | float)
@@ -346,7 +270,7 @@ class Sweep(_Section):
                         f"{where}: {name}={value!r} is outside {param.low:g}..{param.high:g}"
                     )
                 for parent in param.when:
-                    if parent in point and not matches(point[parent], param.condition(parent)):
+                    if parent in point and not is_one_of(point[parent], param.condition(parent)):
                         raise ValueError(
                             f"{where}: {name} is not a factor when {parent}={point[parent]!r}"
                         )
@@ -364,52 +288,6 @@ class Sweep(_Section):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.study.name
-
-
-def matches(value: Scalar, allowed: list[Scalar]) -> bool:
-    """Whether ``value`` is one of ``allowed``, ``True`` not counting as ``1``."""
-    return any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed)
-
-
-def _check_value(name: str, value: Scalar) -> None:
-    try:
-        Choices.model_validate({name: value})
-    except ValidationError as exc:
-        raise ValueError(f"{name}: {value!r} is not allowed ({_allowed(name)})") from exc
-
-
-def _check_range(name: str, param: Param) -> None:
-    annotation = Choices.model_fields[name].annotation
-    if annotation in (bool, str) or getattr(annotation, "__origin__", None) is Literal:
-        raise ValueError(f"{name}: a range is for numeric factors; give 'choice: [...]'")
-    for bound in (param.low, param.high):
-        value: Scalar = bound if bound is not None else 0.0
-        if annotation is int:
-            if not float(value).is_integer():
-                raise ValueError(f"{name}: the range of an integer factor needs whole numbers")
-            value = int(value)
-        _check_value(name, value)
-
-
-def is_integer_factor(name: str) -> bool:
-    return Choices.model_fields[name].annotation is int
-
-
-def _allowed(name: str) -> str:
-    field = Choices.model_fields[name]
-    annotation = field.annotation
-    if getattr(annotation, "__origin__", None) is Literal:
-        return "allowed: " + ", ".join(map(str, annotation.__args__))
-    if annotation is bool:
-        return "allowed: true, false"
-    bounds = []
-    for constraint in field.metadata:
-        for attribute, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-            value = getattr(constraint, attribute, None)
-            if value is not None:
-                bounds.append(f"{word} {value:g}")
-    kind = "a whole number" if annotation is int else "a number"
-    return " ".join([kind, " and ".join(bounds)]).strip()
 
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
@@ -502,9 +380,9 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         part = parts.pop(0)
         if model is Sweep and part == "space":
             if not parts:
-                return list(Choices.model_fields)
+                return list(Configuration.model_fields)
             parts.pop(0)
-            model = Param
+            model = Factor
             continue
         annotation = model.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):

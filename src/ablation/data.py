@@ -36,7 +36,8 @@ from ablation.errors import UserError, first_line
 log = logging.getLogger(__name__)
 
 BLOG_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
-SPLITS = ("train", "validation")
+FOLDERS = ("train", "validation")  # a data folder's split folders
+SPLITS = ("train", "val", "test")  # the splits a trial sees
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -52,8 +53,8 @@ class Listing:
     def fingerprint(self) -> str:
         """A short hash of the listing (relative names and sizes): the dataset's identity."""
         digest = hashlib.sha256()
-        for split in SPLITS:
-            for path, label in self.files[split]:
+        for folder in FOLDERS:
+            for path, label in self.files[folder]:
                 relative = path.relative_to(self.root).as_posix()
                 digest.update(f"{relative}\0{label}\0{path.stat().st_size}\n".encode())
         return digest.hexdigest()[:16]
@@ -74,6 +75,10 @@ class Images:
     source: str
     file: Path | None = None  # where these decoded images are saved, if they are
 
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The images and labels of one of :data:`SPLITS`."""
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
 
 def resolve_source(source: str, cache_dir: str | None = None) -> Path:
     """The local folder behind ``data.source``, downloading and extracting a URL once.
@@ -88,7 +93,7 @@ def resolve_source(source: str, cache_dir: str | None = None) -> Path:
     if not root.is_dir():
         raise UserError(
             f"data.source: {source!r} is not a directory (give a folder with "
-            f"{'/ and '.join(SPLITS)}/ or an http(s):// or file:// URL of a zip archive)"
+            f"{'/ and '.join(FOLDERS)}/ or an http(s):// or file:// URL of a zip archive)"
         )
     return _find_root(root, source)
 
@@ -112,11 +117,11 @@ def _find_root(folder: Path, source: str) -> Path:
     """``folder`` or the folder below it (as in an extracted archive) with the splits."""
     candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
     for candidate in candidates:
-        if all((candidate / split).is_dir() for split in SPLITS):
+        if all((candidate / folder).is_dir() for folder in FOLDERS):
             return candidate
     raise UserError(
-        f"data.source: {source!r} has no {' and '.join(s + '/' for s in SPLITS)} folders "
-        f"(expected {'/ and '.join(SPLITS)}/, each with one sub-folder per class)"
+        f"data.source: {source!r} has no {' and '.join(f + '/' for f in FOLDERS)} folders "
+        f"(expected {'/ and '.join(FOLDERS)}/, each with one sub-folder per class)"
     )
 
 
@@ -142,7 +147,7 @@ def list_images(root: Path, limit_per_class: int | None = None) -> Listing:
         )
     files: dict[str, list[tuple[Path, int]]] = {}
     skipped: list[Path] = []
-    for split in SPLITS:
+    for split in FOLDERS:
         found = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
         if found != class_names:
             raise UserError(
@@ -272,7 +277,7 @@ def load_images(config: Data) -> Images:
 
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     bad = list(listing.skipped)
-    for split in SPLITS:
+    for split in FOLDERS:
         paths = [p for p, _ in listing.files[split]]
         labels = np.array([label for _, label in listing.files[split]], dtype=np.int32)
         x, failed = decode(paths, config.image_size)

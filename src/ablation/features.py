@@ -7,18 +7,22 @@ once per (data, weights, width, preprocessing, image size, precision), keeps it
 in ``data.cache_dir``, and trains only the head (pooling, dropout, logits) on it.
 The validation and test sets never pass through augmentation, so their features
 are used whatever the configuration. The head's layers are the full model's own
-layers, so the model a trial records is still the whole model, raw images in.
+layers (:class:`ablation.models.Network`), so the model a trial records is still
+the whole model, raw images in.
 
 Nothing here changes what a trial means: the head sees exactly the tensors the
 full model would feed it (``tests/test_features.py`` checks the predictions).
 
 Example:
-    >>> from ablation.config import Choices
-    >>> cacheable_splits(Choices(backbone="mobilenet_v2"))
+    >>> from ablation.config import Train
+    >>> from ablation.factors import Configuration
+    >>> plan_features(Configuration(backbone="mobilenet_v2"), Train()).splits
     ('train', 'val', 'test')
-    >>> cacheable_splits(Choices(backbone="mobilenet_v2", augment=True))
+    >>> plan_features(Configuration(backbone="mobilenet_v2", augment=True), Train()).splits
     ('val', 'test')
-    >>> cacheable_splits(Choices(backbone="cnn"))
+    >>> plan_features(Configuration(backbone="mobilenet_v2", fine_tune_layers=20), Train()).splits
+    ('train', 'val')
+    >>> plan_features(Configuration(backbone="cnn"), Train()).splits
     ()
 """
 
@@ -32,74 +36,67 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ablation.config import Choices, Sweep
-from ablation.data import Images, eval_dataset
-from ablation.models import AUGMENTATION, backbone_of, dtype_policy, weights_fingerprint
+from ablation.config import Sweep, Train
+from ablation.data import SPLITS, Images, eval_dataset
+from ablation.factors import Configuration
+from ablation.models import weights_fingerprint
+from ablation.precision import dtype_policy
 
 if TYPE_CHECKING:
     import keras
-
-SPLITS = ("train", "val", "test")
 
 _CACHE: dict[tuple[str, str], np.ndarray] = {}
 
 
 @dataclass(frozen=True)
-class FrozenParts:
-    """A model cut at its frozen backbone: ``model(x) == head(extractor(x))`` at inference."""
+class FeaturePlan:
+    """Which splits of a trial go through cached backbone features instead of the model."""
 
-    extractor: keras.Model  # image -> backbone features (preprocessing included, no augmentation)
-    head: keras.Model  # backbone features -> logits, sharing the full model's layers
+    splits: tuple[str, ...]
+
+    @property
+    def head_trains(self) -> bool:
+        """The first phase trains the head alone, on the training set's features."""
+        return "train" in self.splits
+
+    @property
+    def validates_through_head(self) -> bool:
+        """Augmented images train the whole model, and validation runs through the head."""
+        return "val" in self.splits and not self.head_trains
+
+    @property
+    def tests_through_head(self) -> bool:
+        return "test" in self.splits
 
 
-def cacheable_splits(choices: Choices) -> tuple[str, ...]:
-    """The splits whose backbone features can be computed once for this configuration."""
-    if choices.backbone == "cnn":
-        return ()
-    if choices.augment:  # random augmentation precedes the backbone while training
-        return ("val", "test")
-    return SPLITS
+def plan_features(configuration: Configuration, train: Train) -> FeaturePlan:
+    """The splits whose backbone features can stand in for the images, exactly.
 
-
-def frozen_parts(model: keras.Model) -> FrozenParts | None:
-    """Cut a model built by :func:`ablation.models.build_model` at its frozen backbone.
-
-    Returns None if the model has no backbone, or if it is not frozen (fine-tuning).
+    None without ``train.cache_features`` or a pretrained backbone; not the
+    training set when random augmentation precedes the backbone; not the test set
+    after fine-tuning, which changes the backbone.
     """
-    import keras
-
-    layers = model.layers[1:]  # after the input
-    found = backbone_of(model)
-    if found is None or found.trainable:
-        return None
-    backbone = layers.index(found)
-    image = keras.Input(shape=model.input_shape[1:], name="image")
-    x = image
-    for layer in layers[:backbone]:
-        if layer.name != AUGMENTATION:  # random augmentation is the identity at inference
-            x = layer(x)
-    x = layers[backbone](x, training=False)
-    extractor = keras.Model(image, x, name="feature_extractor")
-    features = keras.Input(shape=x.shape[1:], name="features")
-    y = features
-    for layer in layers[backbone + 1 :]:
-        y = layer(y)
-    return FrozenParts(extractor=extractor, head=keras.Model(features, y, name="head"))
+    if not train.cache_features or not configuration.pretrained:
+        return FeaturePlan(())
+    splits = [s for s in SPLITS if not (s == "train" and configuration.augment)]
+    if configuration.fine_tunes:
+        splits.remove("test")
+    return FeaturePlan(tuple(splits))
 
 
-def feature_key(sweep: Sweep, images: Images, choices: Choices) -> str:
+def feature_key(sweep: Sweep, images: Images, configuration: Configuration) -> str:
     """What the cached features depend on: data, split, weights, width, preprocessing, size."""
     identity = (
         images.fingerprint,
         tuple(sweep.data.image_size),
         sweep.data.test_fraction,
         sweep.data.split_seed,
-        choices.backbone,
+        configuration.backbone,
         weights_fingerprint(sweep.data.image_size, sweep.model),
         sweep.model.weights,
         sweep.model.alpha,
-        choices.preprocess,
-        dtype_policy(sweep.train, choices),
+        configuration.preprocess,
+        dtype_policy(sweep.train, configuration),
     )
     return hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
 
@@ -118,7 +115,6 @@ def load_features(
     Computed features are written to ``cache_dir/features-KEY/SPLIT.npy`` (atomically:
     a concurrent reader sees the whole file or none).
     """
-    arrays = {"train": images.x_train, "val": images.x_val, "test": images.x_test}
     features = {}
     for split in splits:
         if (key, split) not in _CACHE:
@@ -126,10 +122,8 @@ def load_features(
             if path is not None and path.is_file():
                 _CACHE[key, split] = np.load(path)
             else:
-                x = arrays[split]
-                computed = extractor.predict(
-                    eval_dataset(x, np.zeros(len(x), np.int32), batch_size), verbose=0
-                )
+                x, y = images.split(split)
+                computed = extractor.predict(eval_dataset(x, y, batch_size), verbose=0)
                 _CACHE[key, split] = np.asarray(computed)
                 if path is not None:
                     _save(path, _CACHE[key, split])

@@ -1,57 +1,78 @@
-"""Model builders: one Keras model per point of the design space.
+"""Model builders: one Keras model per point of the design space, and its parts.
 
 The model takes raw RGB images (float, 0-255) and stacks, in the blog's order:
 input preprocessing, random augmentation (active only while training), the
-backbone, and a two-logit head::
+backbone, and a head with one logit per class::
 
-    >>> from ablation.config import Choices
-    >>> model = build_model(Choices(backbone="cnn", augment=True), image_size=(160, 160),
-    ...                     num_classes=2)
-    >>> [layer.name for layer in model.layers]
+    >>> from ablation.factors import Configuration
+    >>> network = build_model(Configuration(backbone="cnn", augment=True), image_size=(160, 160),
+    ...                       num_classes=2)
+    >>> [layer.name for layer in network.model.layers]
     ['image', 'augmentation', 'conv2d', 'max_pooling2d', ..., 'logits']
+    >>> network.backbone is None
+    True
 
 Backbones:
     cnn: the blog's small CNN (three 3x3 convolutions, two max-poolings, dropout, two dense).
     mobilenet_v2: MobileNetV2 with frozen ImageNet weights (run in inference mode),
         global max (or average) pooling, dropout, Dense(num_classes). Fine-tuning
         unfreezes its top layers afterwards (:func:`unfreeze_top`).
+
+A model with a pretrained backbone comes with its two halves (:class:`Network`),
+built from the same layers: the feature extractor (preprocessing and backbone,
+no augmentation) and the head (pooling, dropout, logits). The feature cache
+(:mod:`ablation.features`) trains the head alone on features computed once.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablation.config import Choices, Model, Precision, Train
+from ablation.config import Precision, PretrainedWeights
 from ablation.errors import UserError, first_line
+from ablation.factors import Configuration
 
 if TYPE_CHECKING:
     import keras
 
 MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
-AUGMENTATION = "augmentation"  # the name of the random augmentation block
+
+
+@dataclass(frozen=True)
+class Network:
+    """A configuration's model and, with a pretrained backbone, its two halves.
+
+    The halves share the model's layers: while the backbone is frozen,
+    ``model(x) == head(extractor(x))`` at inference.
+    """
+
+    model: keras.Model  # raw RGB images (0-255) -> logits
+    backbone: keras.Model | None = None  # the pretrained backbone; None for the CNN
+    extractor: keras.Model | None = None  # images -> backbone features, no augmentation
+    head: keras.Model | None = None  # backbone features -> logits
 
 
 def build_model(
-    choices: Choices,
+    configuration: Configuration,
     *,
     image_size: tuple[int, int],
     num_classes: int,
-    model: Model | None = None,
+    weights: PretrainedWeights | None = None,
     seed: int | None = None,
     precision: Precision = "float32",
-) -> keras.Model:
+) -> Network:
     """Build (not compile) the model of one configuration.
 
     Args:
-        choices: The configuration.
+        configuration: The configuration.
         image_size: Height and width of the input images.
         num_classes: Number of output logits.
-        model: Backbone weights and width (MobileNetV2 only).
-        seed: Seed of the augmentation layers.
+        weights: The pretrained backbone's weights and width (MobileNetV2 only).
+        seed: Seed of the augmentation and dropout layers.
         precision: Keras's dtype policy for every layer but the logits, which (and so
             the loss) stay float32: ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
     """
@@ -59,96 +80,76 @@ def build_model(
     from keras import layers
 
     keras.mixed_precision.set_global_policy(precision)
-    model = model or Model()
     inputs = keras.Input(shape=(*image_size, 3), name="image")
-    x = inputs
-    if choices.preprocess == "mobilenet_v2":
+    stem: list[Any] = []  # before the backbone, every pass (training or not)
+    if configuration.preprocess == "mobilenet_v2":
         # Exactly keras.applications.mobilenet_v2.preprocess_input (x / 127.5 - 1) as a layer.
-        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_mobilenet_v2")(x)
-    if choices.augment:
-        x = augmentation(choices, seed=seed)(x)
-    if choices.backbone == "cnn":
-        x = layers.Conv2D(32, 3, activation="relu", name="conv2d")(x)
-        x = layers.MaxPooling2D(name="max_pooling2d")(x)
-        x = layers.Conv2D(32, 3, activation="relu", name="conv2d_1")(x)
-        x = layers.MaxPooling2D(name="max_pooling2d_1")(x)
-        x = layers.Conv2D(64, 3, activation="relu", name="conv2d_2")(x)
-        x = layers.Flatten(name="flatten")(x)
-        x = layers.Dropout(choices.dropout, seed=seed, name="dropout")(x)
-        x = layers.Dense(64, activation="relu", name="dense")(x)
-    else:
-        base = mobilenet_v2_base(image_size, model)
-        x = base(x, training=False)  # BatchNorm in inference mode, fine-tuned or not
-        if choices.pooling == "avg":
-            x = layers.GlobalAveragePooling2D(name="global_average_pooling2d")(x)
-        else:
-            x = layers.GlobalMaxPooling2D(name="global_max_pooling2d")(x)
-        x = layers.Dropout(choices.dropout, seed=seed, name="dropout")(x)
-    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=choices.backbone)
+        stem.append(layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_mobilenet_v2"))
+    x = _apply(stem, inputs)
+    if configuration.augment:
+        x = augmentation(configuration, seed=seed)(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")
+    if not configuration.pretrained:
+        x = _apply(_small_cnn(configuration, seed), x)
+        return Network(keras.Model(inputs, logits(x), name=configuration.backbone))
+
+    backbone = mobilenet_v2_base(image_size, weights or PretrainedWeights())
+    pooling = (
+        layers.GlobalAveragePooling2D(name="global_average_pooling2d")
+        if configuration.pooling == "avg"
+        else layers.GlobalMaxPooling2D(name="global_max_pooling2d")
+    )
+    dropout = layers.Dropout(configuration.dropout, seed=seed, name="dropout")
+    head_layers = [pooling, dropout, logits]
+    # BatchNorm in inference mode, fine-tuned or not.
+    model = keras.Model(
+        inputs, _apply(head_layers, backbone(x, training=False)), name=configuration.backbone
+    )
+    image = keras.Input(shape=(*image_size, 3), name="image")
+    features = backbone(_apply(stem, image), training=False)
+    extractor = keras.Model(image, features, name="feature_extractor")
+    features_in = keras.Input(shape=features.shape[1:], name="features")
+    head = keras.Model(features_in, _apply(head_layers, features_in), name="head")
+    return Network(model, backbone=backbone, extractor=extractor, head=head)
 
 
-def dtype_policy(train: Train, choices: Choices) -> Precision:
-    """The Keras dtype policy a configuration's model computes in (``train.precision``).
-
-    ``auto`` picks what was measured faster here (bench/README.md): bfloat16 for the
-    CNN (1.9x on a CPU with AVX512-BF16), float32 for MobileNetV2 (bfloat16 was slower)
-    and for any model on a machine whose CPU lacks native bfloat16 or that has a GPU
-    (not measured there)::
-
-        >>> from ablation.config import Train
-        >>> dtype_policy(Train(precision={"cnn": "mixed_bfloat16"}), Choices(backbone="cnn"))
-        'mixed_bfloat16'
-    """
-    if train.precision == "auto":
-        if choices.backbone == "cnn" and _cpu_computes_bfloat16():
-            return "mixed_bfloat16"
-        return "float32"
-    if isinstance(train.precision, dict):
-        return train.precision.get(choices.backbone, "float32")
-    return train.precision
+def _apply(layers: list[Any], x: Any) -> Any:
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
-@functools.cache
-def _cpu_computes_bfloat16() -> bool:
-    """No GPU, and a CPU with bfloat16 instructions (Linux's /proc/cpuinfo flags)."""
-    import tensorflow as tf
+def _small_cnn(configuration: Configuration, seed: int | None) -> list[Any]:
+    """The blog's CNN up to its logits."""
+    from keras import layers
 
-    if tf.config.list_physical_devices("GPU"):
-        return False
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return has_bfloat16_flags(cpuinfo)
-
-
-def has_bfloat16_flags(cpuinfo: str) -> bool:
-    """Whether /proc/cpuinfo's flags name native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
-    flags = {
-        flag
-        for line in cpuinfo.splitlines()
-        if line.startswith("flags")
-        for flag in line.partition(":")[2].split()
-    }
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return [
+        layers.Conv2D(32, 3, activation="relu", name="conv2d"),
+        layers.MaxPooling2D(name="max_pooling2d"),
+        layers.Conv2D(32, 3, activation="relu", name="conv2d_1"),
+        layers.MaxPooling2D(name="max_pooling2d_1"),
+        layers.Conv2D(64, 3, activation="relu", name="conv2d_2"),
+        layers.Flatten(name="flatten"),
+        layers.Dropout(configuration.dropout, seed=seed, name="dropout"),
+        layers.Dense(64, activation="relu", name="dense"),
+    ]
 
 
-def augmentation(choices: Choices, seed: int | None = None) -> keras.Sequential:
+def augmentation(configuration: Configuration, seed: int | None = None) -> keras.Sequential:
     """The blog's augmentation: a random flip, then a random rotation."""
     import keras
     from keras import layers
 
     return keras.Sequential(
         [
-            layers.RandomFlip(choices.flip, seed=seed, name="random_flip"),
-            layers.RandomRotation(choices.rotation, seed=seed, name="random_rotation"),
+            layers.RandomFlip(configuration.flip, seed=seed, name="random_flip"),
+            layers.RandomRotation(configuration.rotation, seed=seed, name="random_rotation"),
         ],
-        name=AUGMENTATION,
+        name="augmentation",
     )
 
 
-def mobilenet_v2_base(image_size: tuple[int, int], model: Model) -> keras.Model:
+def mobilenet_v2_base(image_size: tuple[int, int], pretrained: PretrainedWeights) -> keras.Model:
     """MobileNetV2 without its top, weights loaded and frozen.
 
     Raises:
@@ -156,7 +157,7 @@ def mobilenet_v2_base(image_size: tuple[int, int], model: Model) -> keras.Model:
     """
     import keras
 
-    weights = model.weights
+    weights = pretrained.weights
     if weights != "imagenet" and not Path(weights).is_file():
         raise UserError(f"model.weights: {weights!r} is not a file (allowed: imagenet or a path)")
     if weights == "imagenet" and image_size[0] != image_size[1]:
@@ -166,16 +167,16 @@ def mobilenet_v2_base(image_size: tuple[int, int], model: Model) -> keras.Model:
         )
     try:
         base = keras.applications.MobileNetV2(
-            input_shape=(*image_size, 3), include_top=False, weights=weights, alpha=model.alpha
+            input_shape=(*image_size, 3), include_top=False, weights=weights, alpha=pretrained.alpha
         )
     except Exception as exc:  # h5py, Keras and get_file raise many kinds (a bare Exception too)
         if weights != "imagenet" or isinstance(exc, ValueError):
             raise UserError(
-                f"model.weights: {weights!r} does not fit MobileNetV2 with alpha {model.alpha} "
-                f"({first_line(exc)}); allowed: imagenet, or a MobileNetV2 weights file "
-                "without its top"
+                f"model.weights: {weights!r} does not fit MobileNetV2 with alpha "
+                f"{pretrained.alpha} ({first_line(exc)}); allowed: imagenet, or a MobileNetV2 "
+                "weights file without its top"
             ) from None
-        cached = imagenet_weights_file(image_size, model)
+        cached = imagenet_weights_file(image_size, pretrained)
         raise UserError(
             f"model.weights: cannot load MobileNetV2 ImageNet weights ({first_line(exc)}); "
             f"offline, set KERAS_HOME to a folder with models/{cached}"
@@ -185,41 +186,27 @@ def mobilenet_v2_base(image_size: tuple[int, int], model: Model) -> keras.Model:
     return base
 
 
-def imagenet_weights_file(image_size: tuple[int, int], model: Model) -> str:
+def imagenet_weights_file(image_size: tuple[int, int], pretrained: PretrainedWeights) -> str:
     """The file name Keras caches MobileNetV2's ImageNet weights under."""
     rows = image_size[0] if image_size[0] in MOBILENET_V2_SIZES else 224
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{model.alpha}_{rows}_no_top.h5"
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{pretrained.alpha}_{rows}_no_top.h5"
 
 
-def weights_fingerprint(image_size: tuple[int, int], model: Model) -> str:
+def weights_fingerprint(image_size: tuple[int, int], pretrained: PretrainedWeights) -> str:
     """A short hash of the backbone's weights file, so results say what they stand on."""
-    if model.weights == "imagenet":
+    if pretrained.weights == "imagenet":
         keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-        path = Path(keras_home) / "models" / imagenet_weights_file(image_size, model)
+        path = Path(keras_home) / "models" / imagenet_weights_file(image_size, pretrained)
         if not path.is_file():  # Keras falls back to /tmp when the home is not writable
-            path = Path("/tmp/.keras/models") / imagenet_weights_file(image_size, model)
+            path = Path("/tmp/.keras/models") / imagenet_weights_file(image_size, pretrained)
     else:
-        path = Path(model.weights)
+        path = Path(pretrained.weights)
     if not path.is_file():
         return "unknown"
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def backbone_of(model: keras.Model) -> keras.Model | None:
-    """The pretrained backbone inside a model from :func:`build_model` (None for the CNN)."""
-    import keras
-
-    return next(
-        (
-            layer
-            for layer in model.layers
-            if isinstance(layer, keras.Model) and layer.name != AUGMENTATION
-        ),
-        None,
-    )
-
-
-def unfreeze_top(model: keras.Model, count: int) -> list[str]:
+def unfreeze_top(network: Network, count: int) -> list[str]:
     """Make the backbone's top ``count`` layers trainable, BatchNorm layers excepted.
 
     BatchNorm layers stay frozen, and so in inference mode (their moving statistics
@@ -231,9 +218,9 @@ def unfreeze_top(model: keras.Model, count: int) -> list[str]:
     """
     from keras import layers
 
-    backbone = backbone_of(model)
+    backbone = network.backbone
     if backbone is None:
-        raise ValueError(f"model {model.name!r} has no pretrained backbone to fine-tune")
+        raise ValueError(f"model {network.model.name!r} has no pretrained backbone to fine-tune")
     backbone.trainable = True
     top = {id(layer) for layer in backbone.layers[-count:]} if count > 0 else set()
     unfrozen = []

@@ -23,45 +23,31 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablation import space as search_space
+from ablation import space
 from ablation.analysis import (
     ConfigurationRow,
     Effect,
-    TrialRecord,
     ablation_table,
     configuration_table,
     state_counts,
 )
 from ablation.cli import configure_logging, sweep_parser, user_error
-from ablation.config import DEFAULT_OUTPUT_DIR, Scalar, Sweep, is_integer_factor, load_sweep
-from ablation.errors import UserError, first_line
+from ablation.config import DEFAULT_OUTPUT_DIR, Sweep, load_sweep
+from ablation.errors import UserError
+from ablation.figures import data_figures, study_figures, write_figures
+from ablation.importance import Importance, param_importances
+from ablation.records import TrialRecord, TrialState
+from ablation.tracking import Tracker, read_study
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 FORMATS = ("markdown", "csv", "html", "latex")
-PLOTS = (
-    "validation_curves.png",
-    "test_accuracy.png",
-    "ablation_effects.png",
-    "data_examples.png",
-    "augmentation_examples.png",
-)
-
-
-@dataclass
-class Importance:
-    """Parameter importances among a set of trials (or why there are none)."""
-
-    scope: str
-    values: dict[str, float]
-    note: str = ""
 
 
 @dataclass
@@ -72,132 +58,31 @@ class Report:
     effects: list[Effect]
     importances: list[Importance]
     parent_run_id: str | None
+    tracker: Tracker
 
     @property
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[TrialState, int]:
         return state_counts(self.records)
 
 
-def read_records(sweep: Sweep) -> tuple[str | None, list[TrialRecord]]:
-    """The study's parent run id and its trials, as MLflow holds them.
+def build_report(sweep: Sweep) -> Report:
+    """The study's tables, read back from the sweep's MLflow store (and its Optuna study).
 
     Raises:
-        UserError: The store cannot be opened, or holds no run of this study.
+        UserError: The store cannot be opened, or holds no trial of this study.
     """
-    from ablation.tracking import STATE_TAG, TRIAL_TAG, Tracker
-
-    tracker = Tracker.existing(sweep.tracking, sweep.experiment_name)
-    try:
-        parent, runs = tracker.study_runs(sweep.study.name)
-    except Exception as exc:  # MLflow raises many kinds for a broken store
-        raise UserError(f"tracking.uri: cannot read {tracker.uri!r} ({first_line(exc)})") from None
-    if not runs:
-        raise UserError(
-            f"no trials of study {sweep.study.name!r} in experiment {sweep.experiment_name!r} "
-            f"at {tracker.uri!r}; run `python -m ablation.run` on this sweep first"
-        )
-    records = []
-    for run in runs:
-        state = run.data.tags.get(STATE_TAG, "RUNNING")
-        if run.info.status == "RUNNING":
-            state = "RUNNING"
-        elif run.info.status in ("FAILED", "KILLED"):
-            state = "FAIL"
-        metrics = run.data.metrics
-        if state == "COMPLETE" and "test_accuracy" not in metrics:
-            state = "FAIL"
-        curve: tuple[float, ...] = ()
-        if state == "COMPLETE":
-            history = tracker.client.get_metric_history(run.info.run_id, "val_accuracy")
-            curve = tuple(m.value for m in sorted(history, key=lambda m: m.step))
-        records.append(
-            TrialRecord(
-                run_id=run.info.run_id,
-                params=_typed_params(sweep, run.data.params),
-                seed=int(run.data.params.get("seed", 0)),
-                state=state,
-                number=int(run.data.tags[TRIAL_TAG]) if TRIAL_TAG in run.data.tags else None,
-                val_accuracy=metrics.get("best_val_accuracy"),
-                model_val_accuracy=metrics.get("model_val_accuracy"),
-                test_accuracy=metrics.get("test_accuracy"),
-                epochs_run=int(metrics.get("epochs_run", len(curve))),
-                seconds=float(metrics.get("train_seconds", 0.0)),
-                val_curve=curve,
-            )
-        )
-    return (parent.info.run_id if parent else None), records
-
-
-def _typed_params(sweep: Sweep, params: dict[str, str]) -> dict[str, Scalar]:
-    """MLflow keeps params as text; map them back to the sweep's typed choices."""
-    typed: dict[str, Scalar] = {}
-    for name, param in sweep.space.items():
-        if name not in params:
-            continue
-        if param.choice is None:  # a range: a number
-            text = params[name]
-            typed[name] = int(text) if is_integer_factor(name) else float(text)
-        else:
-            by_text = {str(choice): choice for choice in param.choice}
-            typed[name] = by_text.get(params[name], params[name])
-    return typed
-
-
-def build_report(sweep: Sweep) -> Report:
-    parent_run_id, records = read_records(sweep)
+    tracker, parent_run_id, records = read_study(sweep)
     # A sampled range has no levels to pair trials on: its share shows in the importances.
     levels = {name: list(p.choice) for name, p in sweep.space.items() if p.choice is not None}
     return Report(
         sweep=sweep,
         records=records,
         configurations=configuration_table(records),
-        effects=ablation_table(records, levels, search_space.dependents(sweep.space)),
+        effects=ablation_table(records, levels, space.dependents(sweep.space)),
         importances=param_importances(sweep),
         parent_run_id=parent_run_id,
+        tracker=tracker,
     )
-
-
-def param_importances(sweep: Sweep) -> list[Importance]:
-    """fANOVA importances on validation accuracy, conditional factors in their own sub-space."""
-    import optuna
-    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
-
-    from ablation.storage import open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        study = optuna.load_study(
-            study_name=sweep.study.name, storage=open_storage(sweep.study.storage_url())
-        )
-    except Exception as exc:  # a missing study is a KeyError, a bad URL many other kinds
-        return [Importance("all trials", {}, f"no Optuna study to read ({first_line(exc)})")]
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    varied = [name for name, p in sweep.space.items() if p.is_range or len(p.choice or []) > 1]
-    top = [name for name in varied if not sweep.space[name].when]
-    scopes: list[tuple[str, list[str]]] = [("all trials", top)]
-    for name in varied:
-        if sweep.space[name].when:
-            condition = ", ".join(
-                f"{k}={'/'.join(map(str, sweep.space[name].condition(k)))}"
-                for k in sweep.space[name].when
-            )
-            scopes.append((f"trials with {condition}", [name, *top]))
-    importances = []
-    for scope, params in scopes:
-        subset = [t for t in trials if all(p in t.params for p in params)]
-        params = [p for p in params if len({repr(t.params[p]) for t in subset}) > 1]
-        if not params or len(subset) < 3:
-            importances.append(Importance(scope, {}, f"too few trials ({len(subset)}) to tell"))
-            continue
-        try:
-            values = get_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0), params=params
-            )
-        except Exception as exc:  # fANOVA refuses some degenerate studies
-            importances.append(Importance(scope, {}, f"not computable ({first_line(exc)})"))
-            continue
-        importances.append(Importance(scope, dict(values), f"{len(subset)} trials"))
-    return importances
 
 
 def configuration_frame(report: Report, *, numeric: bool, short: bool = False) -> pd.DataFrame:
@@ -210,8 +95,8 @@ def configuration_frame(report: Report, *, numeric: bool, short: bool = False) -
     rows: list[dict[str, Any]] = []
     for row in report.configurations:
         entry: dict[str, Any] = {
-            "configuration": search_space.label(row.params),
-            "blog": search_space.blog_name(row.params) or "",
+            "configuration": space.label(row.params),
+            "blog": space.blog_name(row.params) or "",
         }
         for name in [] if short else report.sweep.space:
             entry[name] = row.params.get(name, "" if numeric else "—")
@@ -300,10 +185,13 @@ def _number(value: float) -> float | int:
 
 def headline(report: Report) -> str:
     counts = report.counts
-    excluded = ", ".join(f"{counts[s]} {s.lower()}" for s in ("PRUNED", "FAIL", "RUNNING"))
+    excluded = ", ".join(
+        f"{counts[s]} {s.value.lower()}"
+        for s in (TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    )
     return (
         f"Study {report.sweep.study.name!r}: {len(report.configurations)} configuration(s) from "
-        f"{counts['COMPLETE']} complete trial(s); not in any mean: {excluded}."
+        f"{counts[TrialState.COMPLETE]} complete trial(s); not in any mean: {excluded}."
     )
 
 
@@ -356,97 +244,23 @@ def render(report: Report, fmt: str, *, short: bool = False) -> str:
 
 def figures(report: Report) -> dict[str, Figure]:
     """The report's five figures, by file name."""
-    from ablation import plots
-
-    study = report.sweep.study.name
-    rows = report.configurations
-    names = [_row_name(row) for row in rows]
-    effects = [e for e in report.effects if e.level != e.baseline and e.effect is not None]
     return {
-        "validation_curves.png": plots.validation_curves(
-            {name: row.mean_curve() for name, row in zip(names, rows, strict=True)},
-            f"{study}: validation accuracy per epoch (mean over seeds)",
-        ),
-        "test_accuracy.png": plots.test_accuracy_bars(
-            names,
-            [r.test_mean for r in rows],
-            [r.test_sd for r in rows],
-            f"{study}: test accuracy per configuration",
-        ),
-        "ablation_effects.png": plots.ablation_effects(
-            [f"{e.factor}: {e.level} vs {e.baseline}" for e in effects],
-            [e.effect or 0.0 for e in effects],
-            [e.interval for e in effects],
-            f"{study}: what each choice changes in test accuracy",
-        ),
+        **study_figures(report.sweep, report.configurations, report.effects),
         **data_figures(report.sweep),
     }
 
 
-def _row_name(row: ConfigurationRow) -> str:
-    blog = search_space.blog_name(row.params)
-    return search_space.label(row.params) + (f" [{blog}]" if blog else "")
-
-
-def data_figures(sweep: Sweep) -> dict[str, Figure]:
-    """The blog's two data pictures: three images of two classes, one image augmented 9 times."""
-    import numpy as np
-
-    from ablation import plots
-    from ablation.config import Choices
-    from ablation.data import decode, list_images, resolve_source
-    from ablation.models import augmentation
-
-    listing = list_images(resolve_source(sweep.data.source), limit_per_class=4)
-    train = listing.files["train"]
-    picked = [path for label in (0, 1) for path in [p for p, lab in train if lab == label][:3]]
-    images, failed = decode(picked, sweep.data.image_size)
-    labels = [listing.class_names[lab] for p, lab in train if p in picked]
-    labels = [name for index, name in enumerate(labels) if index not in failed]
-    examples = plots.image_grid(list(images), labels, 2, 3, f"{sweep.study.name}: training images")
-
-    rotations = sweep.space["rotation"] if "rotation" in sweep.space else None
-    rotation = Choices().rotation
-    if rotations is not None:
-        rotation = rotations.high if rotations.is_range else max(rotations.choice or [rotation])
-    flips = sweep.space.get("flip")
-    flip = flips.choice[0] if flips is not None and flips.choice else Choices().flip
-    config = Choices(augment=True, rotation=float(rotation), flip=str(flip))
-    layer = augmentation(config, seed=0)
-    source = images[:1].astype("float32")
-    augmented = [
-        np.clip(np.asarray(layer(source, training=True))[0], 0, 255).astype("uint8")
-        for _ in range(9)
-    ]
-    grid = plots.image_grid(
-        augmented,
-        [""] * 9,
-        3,
-        3,
-        f"one image under the augmentation (flip {config.flip}, rotation {config.rotation:g})",
-    )
-    return {"data_examples.png": examples, "augmentation_examples.png": grid}
-
-
-def write_figures(report: Report, directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, figure in figures(report).items():
+def write_report_files(report: Report, directory: Path) -> list[Path]:
+    """The figures, ``report.md`` and ``report.html`` in ``directory``; attached to the
+    study's parent run (under ``report/``)."""
+    files = write_figures(figures(report), directory)
+    for fmt, name in (("markdown", "report.md"), ("html", "report.html")):
         path = directory / name
-        figure.savefig(path, dpi=110)
-        written.append(path)
-    return written
-
-
-def attach_to_parent(report: Report, files: Sequence[Path]) -> None:
-    """Log the report's files as artifacts of the study's parent run (under ``report/``)."""
-    from ablation.tracking import Tracker
-
-    if report.parent_run_id is None:
-        return
-    tracker = Tracker.existing(report.sweep.tracking, report.sweep.experiment_name)
-    for path in files:
-        tracker.client.log_artifact(report.parent_run_id, str(path), "report")
+        path.write_text(render(report, fmt))
+        files.append(path)
+    if report.parent_run_id is not None:
+        report.tracker.attach_report(report.parent_run_id, files)
+    return files
 
 
 def default_plot_dir(sweep: Sweep) -> Path:
@@ -482,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(text)
         if not args.no_plots and report.configurations:
             directory = args.output.parent if args.output else default_plot_dir(sweep)
-            written = write_figures(report, directory)
+            written = write_figures(figures(report), directory)
             print(f"figures: {', '.join(str(p) for p in written)}", file=sys.stderr)
     except UserError as exc:
         return user_error(exc, args.debug)

@@ -33,7 +33,11 @@ from rich.progress import (
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
-from ablation.study import TrialOutcome, plan, run_sweep
+from ablation.plan import plan
+from ablation.records import TrialState
+from ablation.report import build_report, default_plot_dir, render, write_report_files
+from ablation.study import run_sweep
+from ablation.trial import TrialOutcome
 
 
 class ConsoleReporter:
@@ -94,17 +98,17 @@ class ConsoleReporter:
         self.progress.update(self.trial_task, total=epochs, completed=epoch + 1, info=summary)
 
     def trial_ended(self, outcome: TrialOutcome, best: TrialOutcome | None) -> None:
-        if outcome.state == "COMPLETE":
+        if outcome.state == TrialState.COMPLETE:
             text = (
-                f"val_acc {outcome.val_accuracy:.3f}  test_acc "
+                f"val_acc {outcome.model_val_accuracy:.3f}  test_acc "
                 f"{outcome.test_accuracy:.3f}  in {outcome.seconds:.0f}s"
             )
-        elif outcome.state == "PRUNED":
+        elif outcome.state == TrialState.PRUNED:
             text = f"pruned after {outcome.epochs_run} epoch(s)"
         else:
             text = f"failed: {outcome.error}"
         if best is not None:
-            self.best = f"best so far: {best.label} val_acc {best.val_accuracy:.3f}"
+            self.best = f"best so far: {best.label} val_acc {best.model_val_accuracy:.3f}"
         if self.progress is None:
             self.console.print(
                 f"  {outcome.label}: {text}  | {self.best}", highlight=False, markup=False
@@ -121,23 +125,10 @@ class ConsoleReporter:
 
 def report_study(sweep: Sweep, console: Console) -> None:
     """Print the study's comparison table and attach the full report to its parent run."""
-    from ablation.report import (
-        attach_to_parent,
-        build_report,
-        default_plot_dir,
-        render,
-        write_figures,
-    )
-
     report = build_report(sweep)
     console.print(render(report, "markdown", short=True), markup=False, highlight=False)
     directory = default_plot_dir(sweep)
-    files = write_figures(report, directory)
-    for fmt, name in (("markdown", "report.md"), ("html", "report.html")):
-        path = directory / name
-        path.write_text(render(report, fmt))
-        files.append(path)
-    attach_to_parent(report, files)
+    write_report_files(report, directory)
     console.print(
         f"report: {directory} (also on the study's MLflow run, under report/)", highlight=False
     )
@@ -222,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{sweep.experiment_name!r}  parent run {summary.parent_run_id}",
         highlight=False,
     )
-    failed = sum(o.state == "FAIL" for o in summary.outcomes)
+    failed = sum(o.state == TrialState.FAIL for o in summary.outcomes)
     if failed:
         print(
             f"error: {failed} trial(s) failed; their errors are on their MLflow runs; "

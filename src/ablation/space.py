@@ -5,13 +5,15 @@ A factor with ``when: {augment: true}`` exists only in configurations where
 the grid and in the parameters Optuna records.
 
 Example:
-    >>> from ablation.config import Param
+    >>> from ablation.factors import Factor
     >>> space = {
-    ...     "augment": Param(choice=[False, True]),
-    ...     "rotation": Param(choice=[0.1, 0.2], when={"augment": True}),
+    ...     "augment": Factor(choice=[False, True]),
+    ...     "rotation": Factor(choice=[0.1, 0.2], when={"augment": True}),
     ... }
     >>> grid(space)
     [{'augment': False}, {'augment': True, 'rotation': 0.1}, {'augment': True, 'rotation': 0.2}]
+    >>> label({"augment": True, "rotation": 0.2}, seed=0)
+    'cnn+aug(0.2) s0'
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ablation.config import Choices, Param, Scalar, is_integer_factor, matches
 from ablation.errors import UserError
+from ablation.factors import Configuration, Factor, Params, Scalar, is_integer_factor, is_one_of
 
 if TYPE_CHECKING:
     import optuna
 
-Params = dict[str, Scalar]
 
-
-def ordered(space: Mapping[str, Param]) -> list[str]:
+def ordered(space: Mapping[str, Factor]) -> list[str]:
     """Factor names with every factor after those its ``when`` depends on.
 
     Raises:
@@ -53,7 +53,7 @@ def ordered(space: Mapping[str, Param]) -> list[str]:
     return order
 
 
-def dependents(space: Mapping[str, Param]) -> dict[str, set[str]]:
+def dependents(space: Mapping[str, Factor]) -> dict[str, set[str]]:
     """For each factor, the factors that exist only under a condition on it (transitively)."""
     result: dict[str, set[str]] = {name: set() for name in space}
     for name in reversed(ordered(space)):
@@ -62,14 +62,14 @@ def dependents(space: Mapping[str, Param]) -> dict[str, set[str]]:
     return result
 
 
-def is_active(param: Param, params: Mapping[str, Scalar]) -> bool:
+def is_active(param: Factor, params: Mapping[str, Scalar]) -> bool:
     """Whether a factor exists given the values already chosen for its parents."""
     return all(
-        name in params and matches(params[name], param.condition(name)) for name in param.when
+        name in params and is_one_of(params[name], param.condition(name)) for name in param.when
     )
 
 
-def grid(space: Mapping[str, Param]) -> list[Params]:
+def grid(space: Mapping[str, Factor]) -> list[Params]:
     """Every configuration of the space, each once, in a stable order."""
     names = ordered(space)
     points: list[Params] = []
@@ -89,7 +89,7 @@ def grid(space: Mapping[str, Param]) -> list[Params]:
     return points
 
 
-def suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> Params:
+def suggest(trial: optuna.Trial, space: Mapping[str, Factor]) -> Params:
     """Ask Optuna for a value of every factor that is active in this trial."""
     params: Params = {}
     for name in ordered(space):
@@ -108,24 +108,45 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> Params:
     return {name: params[name] for name in space if name in params}
 
 
-def choices(params: Mapping[str, Any]) -> Choices:
+def configuration(params: Mapping[str, Any]) -> Configuration:
     """The full trial configuration: the searched values over the defaults."""
-    return Choices.model_validate(dict(params))
+    return Configuration.model_validate(dict(params))
+
+
+def uses_pretrained(space: Mapping[str, Factor]) -> bool:
+    """Whether any configuration of the space has a pretrained backbone."""
+    if "backbone" not in space:
+        return Configuration().pretrained
+    return any(configuration({"backbone": b}).pretrained for b in space["backbone"].choice or [])
+
+
+def typed_params(space: Mapping[str, Factor], text: Mapping[str, str]) -> Params:
+    """A trial's params as MLflow keeps them (text), mapped back to the space's values."""
+    typed: Params = {}
+    for name, factor in space.items():
+        if name not in text:
+            continue
+        if factor.choice is None:  # a range: a number
+            typed[name] = int(text[name]) if is_integer_factor(name) else float(text[name])
+        else:
+            by_text = {str(choice): choice for choice in factor.choice}
+            typed[name] = by_text.get(text[name], text[name])
+    return typed
 
 
 def label(params: Mapping[str, Any], seed: int | None = None) -> str:
     """A short name for a configuration, e.g. ``cnn+aug(0.2)+prep s0`` (sampled numbers
     rounded to 2-3 significant digits: the run's params have them in full)."""
-    config = choices(params)
+    config = configuration(params)
     parts = [config.backbone]
     if config.augment:
         flip = "" if config.flip == "horizontal" else f",{config.flip}"
         parts.append(f"aug({config.rotation:.3g}{flip})")
     if config.preprocess != "none":
         parts.append("prep")
-    if config.backbone != "cnn" and config.pooling != "max":
+    if config.pretrained and config.pooling != "max":
         parts.append(f"{config.pooling}pool")
-    if config.dropout != Choices().dropout:
+    if config.dropout != Configuration().dropout:
         parts.append(f"drop{config.dropout:.2g}")
     if config.learning_rate is not None:
         parts.append(f"lr{config.learning_rate:.2g}")
@@ -152,20 +173,20 @@ BLOG_MODELS: dict[str, Params] = {
 
 def blog_name(params: Mapping[str, Any]) -> str | None:
     """``model1``..``model4`` when a configuration is one of the blog's four models."""
-    config = _effective(choices(params))
+    config = _effective(configuration(params))
     for name, blog_params in BLOG_MODELS.items():
-        if _effective(choices(blog_params)) == config:
+        if _effective(configuration(blog_params)) == config:
             return name
     return None
 
 
-def _effective(config: Choices) -> Choices:
+def _effective(config: Configuration) -> Configuration:
     """The configuration with settings that do nothing (rotation without augmentation) reset."""
-    default = Choices()
+    default = Configuration()
     updates: dict[str, Any] = {}
     if not config.augment:
         updates.update(flip=default.flip, rotation=default.rotation)
-    if config.backbone == "cnn":  # no global pooling, nothing to fine-tune
+    if not config.pretrained:  # no global pooling, nothing to fine-tune
         updates.update(pooling=default.pooling, fine_tune_layers=0)
     if not config.fine_tunes:
         updates.update(fine_tune_epochs=default.fine_tune_epochs)

@@ -1,4 +1,7 @@
-"""Where a study's Optuna state lives, and how several processes share it safely.
+"""The Optuna side of a study: where its state lives, and how several processes share it.
+
+:func:`open_study` creates or loads a sweep's study; the study process and each
+trial's process (which reports its epochs to the pruner) open it the same way.
 
 ``study.storage`` is either a database URL (``postgresql://``, ``mysql://``,
 ``sqlite:///``: Optuna's RDB storage, which machines share) or the path of a
@@ -16,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
+import socket
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ablation.config import Sweep
 from ablation.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -153,13 +159,88 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         thread.join(5)
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the trials whose heartbeat stopped longer than the grace period ago (any machine)."""
+def open_study(sweep: Sweep) -> optuna.Study:
+    """Create or load the sweep's study in its persistent storage.
+
+    Raises:
+        UserError: The storage cannot be opened, or refuses the study.
+    """
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = sweep.study.seeds[0]
+    sampler: optuna.samplers.BaseSampler
+    if sweep.study.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    else:  # a grid's points are all enqueued, so its sampler never picks a value
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=sweep.study.prune_after)
+        if sweep.study.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    storage = open_storage(
+        sweep.study.storage_url(),
+        heartbeat_seconds=sweep.study.heartbeat_seconds,
+        grace_seconds=sweep.study.grace_seconds,
+    )
+    try:
+        return optuna.create_study(
+            study_name=sweep.study.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except Exception as exc:  # a database that refuses the schema, a broken journal
+        raise UserError(
+            f"study.storage: cannot open study {sweep.study.name!r} in "
+            f"{sweep.study.storage_url()!r} ({first_line(exc)})"
+        ) from None
+
+
+def fail_dead_trials(study: optuna.Study) -> tuple[int, set[int]]:
+    """Fail the RUNNING trials whose process has died, so that their points run again.
+
+    Dead means: its heartbeat stopped longer than the grace period ago (database
+    storages, any machine), or its process on this machine is gone (a study
+    process killed by SIGKILL or a power cut leaves its trial RUNNING).
+
+    Returns:
+        How many trials were failed, and the numbers of those still running.
+    """
+    import optuna
+
+    running_state = (optuna.trial.TrialState.RUNNING,)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a no-op for storages without heartbeat
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=running_state):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") == host and not _alive(int(worker.get("pid", 0))):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    still_running = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
+    return len(before - still_running), still_running
+
+
+def worker_identity() -> dict[str, object]:
+    """What :func:`fail_dead_trials` needs to know who runs a trial (a trial user attr)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 def ask(study: optuna.Study) -> optuna.Trial:

@@ -28,6 +28,7 @@ from typing import IO
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
+from ablation.tracking import Tracker
 
 
 def runs_view(base_url: str, experiment_id: str) -> str:
@@ -139,8 +140,6 @@ def _group_alive(pgid: int) -> bool:
 
 
 def experiment_id(sweep: Sweep) -> str:
-    from ablation.tracking import Tracker
-
     return Tracker.existing(sweep.tracking, sweep.experiment_name).experiment_id
 
 

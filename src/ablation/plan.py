@@ -1,0 +1,79 @@
+"""What a sweep will run, in words: the ``--dry-run`` listing and a run's first line.
+
+Example:
+    >>> from ablation.config import load_sweep
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["train.precision=float32"])
+    >>> lines = plan(sweep)
+    >>> print(lines[0])
+    study 'blog': grid of 12 configuration(s) x 1 seed(s) = 12 trial(s), 20 epoch(s) each ...
+    >>> print(next(line for line in lines if "model3" in line))
+      cnn+aug(0.2)+prep    backbone=cnn augment=True rotation=0.2
+      preprocess=mobilenet_v2  [model3]
+"""
+
+from __future__ import annotations
+
+from ablation import space
+from ablation.config import Sweep
+from ablation.factors import Configuration, Params
+from ablation.precision import dtype_policy
+
+
+def grid_points(sweep: Sweep) -> list[tuple[Params, int]]:
+    """Every (configuration, seed) pair a grid study runs, each once."""
+    return [(params, seed) for params in space.grid(sweep.space) for seed in sweep.study.seeds]
+
+
+def plan(sweep: Sweep) -> list[str]:
+    """Lines saying what the sweep will run: a summary, then one line per configuration
+    (a grid) or per configuration to try first (a sampler)."""
+    study = sweep.study
+    if study.sampler == "grid":
+        configurations = space.grid(sweep.space)
+        lines = [
+            f"study {study.name!r}: grid of {len(configurations)} configuration(s) x "
+            f"{len(study.seeds)} seed(s) = {len(configurations) * len(study.seeds)} trial(s), "
+            f"{_epochs(sweep)}{_precision(sweep)}"
+        ]
+        for params in configurations:
+            blog = space.blog_name(params)
+            suffix = f"  [{blog}]" if blog else ""
+            lines.append(f"  {space.label(params):<32} {_format_params(params)}{suffix}")
+        return lines
+    lines = [
+        f"study {study.name!r}: {study.trials} trial(s) sampled by {study.sampler} over "
+        f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}{_precision(sweep)}"
+    ]
+    for params in study.try_first:
+        lines.append(f"  first: {space.label(params):<32} {_format_params(params)}")
+    return lines
+
+
+def _epochs(sweep: Sweep) -> str:
+    """How long each trial trains, e.g. ``20 epoch(s) each``."""
+    text = f"{sweep.train.epochs} epoch(s) each"
+    stops = []
+    if sweep.train.patience is not None:
+        stops.append(f"early stopping after {sweep.train.patience} without progress")
+    if sweep.study.pruner != "none":
+        stops.append(f"{sweep.study.pruner} pruning from epoch {sweep.study.prune_after + 1}")
+    return f"{text} at most ({'; '.join(stops)})" if stops else text
+
+
+def _precision(sweep: Sweep) -> str:
+    """Each backbone's dtype policy where it is not plain float32, e.g. ``; cnn in
+    mixed_bfloat16 (precision: auto)``."""
+    if sweep.train.precision == "float32":
+        return ""
+    searched = sweep.space.get("backbone")
+    backbones = searched.choice if searched and searched.choice else [Configuration().backbone]
+    policies = ", ".join(
+        f"{backbone} in {dtype_policy(sweep.train, space.configuration({'backbone': backbone}))}"
+        for backbone in backbones
+    )
+    auto = " (precision: auto)" if sweep.train.precision == "auto" else ""
+    return f"; {policies}{auto}"
+
+
+def _format_params(params: Params) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())

@@ -1,0 +1,97 @@
+"""What a trial comes to, in words every module shares: its state, and its record in MLflow.
+
+A study is one MLflow experiment (or shares one) with a parent run per study and a
+child run per trial. The names below are the whole record layout: what
+:mod:`ablation.tracking` writes and reads back, and nothing else names them.
+
+Example:
+    >>> TrialState("PRUNED") is TrialState.PRUNED, TrialState.COMPLETE.value
+    (True, 'COMPLETE')
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ablation.factors import Params
+
+
+class TrialState(str, enum.Enum):
+    """How a trial stands; the names are Optuna's."""
+
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class MetricName:
+    """Metric names on a trial's run.
+
+    The per-epoch curves are Keras's own names (``accuracy``, ``loss``,
+    ``val_accuracy``, ``val_loss``, step = epoch); the rest are logged once, at the end.
+    """
+
+    VAL_ACCURACY = "val_accuracy"  # per epoch
+    TEST_ACCURACY = "test_accuracy"
+    TEST_LOSS = "test_loss"
+    MODEL_VAL_ACCURACY = "model_val_accuracy"  # of the weights tested and saved: the objective
+    BEST_VAL_ACCURACY = "best_val_accuracy"  # of the best epoch
+    EPOCHS_RUN = "epochs_run"
+    KEPT_EPOCH = "kept_epoch"  # 1-based: the epoch whose weights were kept
+    TRAIN_SECONDS = "train_seconds"
+    SETUP_SECONDS = "setup_seconds"
+    FINE_TUNE_FROM_EPOCH = "fine_tune_from_epoch"  # 1-based
+
+
+class ParamName:
+    """Param names on a trial's run, beside the factors of the space (each under its own name)."""
+
+    SEED = "seed"
+    CLASS_NAMES = "class_names"
+    PRECISION = "precision"
+
+
+class TagName:
+    """Tag names on the study's and the trials' runs."""
+
+    ROLE = "ablation.role"  # ROLE_STUDY or ROLE_TRIAL
+    STUDY = "ablation.study"
+    TRIAL = "ablation.trial"  # the Optuna trial number
+    STATE = "ablation.state"  # a TrialState
+    CACHED_FEATURES = "ablation.cached_features"
+    ERROR = "error"
+    PARENT = "mlflow.parentRunId"
+
+
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+
+ARTIFACT_SWEEP = "sweep.yaml"
+ARTIFACT_CURVES = "accuracy_curves.png"
+ARTIFACT_MODEL = "model.keras"
+ARTIFACT_REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as MLflow recorded it: its configuration, seed, outcome and curve."""
+
+    run_id: str
+    params: Params
+    seed: int
+    state: TrialState
+    number: int | None = None  # the Optuna trial number
+    best_val_accuracy: float | None = None  # of the best epoch
+    model_val_accuracy: float | None = None  # of the weights tested and saved
+    test_accuracy: float | None = None
+    epochs_run: int = 0
+    seconds: float = 0.0
+    val_curve: tuple[float, ...] = ()
