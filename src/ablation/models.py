@@ -88,9 +88,11 @@ def build_model(
     x = _apply(stem, inputs)
     if configuration.augment:
         x = augmentation(configuration, seed=seed)(x)
-    logits = layers.Dense(num_classes, name="logits", dtype="float32")
+    # Layers are made in the order they stack: each unseeded initializer draws its seed
+    # when it is made, so this order is what makes a seed's model the same model.
     if not configuration.pretrained:
         x = _apply(_small_cnn(configuration, seed), x)
+        logits = layers.Dense(num_classes, name="logits", dtype="float32")
         return Network(keras.Model(inputs, logits(x), name=configuration.backbone))
 
     backbone = mobilenet_v2_base(image_size, weights or PretrainedWeights())
@@ -100,7 +102,7 @@ def build_model(
         else layers.GlobalMaxPooling2D(name="global_max_pooling2d")
     )
     dropout = layers.Dropout(configuration.dropout, seed=seed, name="dropout")
-    head_layers = [pooling, dropout, logits]
+    head_layers = [pooling, dropout, layers.Dense(num_classes, name="logits", dtype="float32")]
     # BatchNorm in inference mode, fine-tuned or not.
     model = keras.Model(
         inputs, _apply(head_layers, backbone(x, training=False)), name=configuration.backbone
