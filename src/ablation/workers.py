@@ -114,14 +114,14 @@ def work_in_threads(
     """
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def loop() -> None:
         try:
             work(study, context, summary)
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
             context.stop.set()
 
-    threads = [threading.Thread(target=work, name=f"worker-{n}") for n in range(workers)]
+    threads = [threading.Thread(target=loop, name=f"worker-{n}") for n in range(workers)]
     for thread in threads:
         thread.start()
     try:
