@@ -110,6 +110,7 @@ def study(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # a study, then the command line
 def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -> None:
     import keras
 
@@ -154,12 +155,14 @@ def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -
     )
 
 
+@pytest.mark.slow  # a study, then the command line
 def test_best_refuses_a_file_that_is_not_keras(study: Path) -> None:
     result = run_module("ablation.best", str(study), "-o", "model.h5", cwd=study.parent)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: -o model.h5: the model file must end in .keras")
 
 
+@pytest.mark.slow  # a study, then the command line
 def test_best_of_a_study_never_run_is_one_line(study: Path) -> None:
     result = run_module("ablation.best", str(study), "--set", "study.name=never", cwd=study.parent)
     assert result.returncode == 2

@@ -64,6 +64,7 @@ def test_no_cut_without_a_frozen_backbone() -> None:
     assert frozen_parts(build_model(Choices(), image_size=(96, 96), num_classes=2)) is None
 
 
+@pytest.mark.slow  # trains the model twice: cached features and not
 @pytest.mark.parametrize("augment", [False, True])
 def test_a_cached_trial_is_the_full_models_trial(
     small_data: Path, tmp_path: Path, augment: bool

@@ -17,6 +17,8 @@ from ablation.report import PLOTS, build_report, render
 from ablation.tracking import Tracker
 from conftest import run_module
 
+pytestmark = pytest.mark.slow  # really trained studies, reported on the command line
+
 SWEEP = """
 study: {{name: {name}, sampler: grid, seeds: {seeds}, isolation: none}}
 data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}}

@@ -14,6 +14,8 @@ from ablation import load_sweep, run_sweep
 from ablation.data import load_images
 from conftest import SMALL_WEIGHTS, load_study
 
+pytestmark = pytest.mark.slow  # real training on real photos
+
 SWEEP = """
 study: {{name: small, sampler: grid, seeds: [0, 1]}}
 data: {{source: {data}, image_size: [64, 64], batch_size: 8, limit_per_class: 8}}

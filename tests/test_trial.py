@@ -13,6 +13,8 @@ from ablation.models import backbone_of
 from ablation.trial import train
 from conftest import frozen_sweep
 
+pytestmark = pytest.mark.slow  # every test trains a model
+
 FROZEN = Choices(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
 
