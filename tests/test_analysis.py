@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 
 import pytest
 from scipy import stats
@@ -36,7 +35,7 @@ def test_configuration_rows_aggregate_complete_seeds_only() -> None:
     cnn = rows[(("augment", False), ("backbone", "cnn"))]
     assert cnn.test_accuracies == [0.60, 0.62]  # the pruned trial is not in it
     assert cnn.test_mean == pytest.approx(0.61)
-    assert cnn.test_sd == pytest.approx(statistics.stdev([0.60, 0.62]))
+    assert cnn.test_sd == pytest.approx(0.02 / math.sqrt(2))  # two values: |a - b| / sqrt(2)
     assert rows[(("augment", True), ("backbone", "cnn"), ("rotation", 0.2))].test_sd is None
     assert [r.params["backbone"] for r in configuration_table(RECORDS)][:2] == ["mobilenet_v2"] * 2
     assert state_counts(RECORDS) == {"COMPLETE": 7, "PRUNED": 1, "FAIL": 1, "RUNNING": 0}
@@ -48,10 +47,13 @@ def test_effects_are_means_of_matched_pairs_with_t_intervals() -> None:
     # Pairs: same backbone and seed, rotation ignored: (b0-a0), (c0-a0), (b1-a1), (e0-d0).
     expected = [0.64 - 0.60, 0.61 - 0.60, 0.63 - 0.62, 0.97 - 0.95]
     assert sorted(augment.differences) == pytest.approx(sorted(expected))
-    assert augment.effect == pytest.approx(statistics.fmean(expected))
-    half = stats.t.ppf(0.975, 3) * statistics.stdev(expected) / math.sqrt(4)
-    assert augment.interval == pytest.approx((augment.effect - half, augment.effect + half))
+    assert augment.effect == pytest.approx(0.02)  # (0.04 + 0.01 + 0.01 + 0.02) / 4
+    # The one-sample t-test's interval, from SciPy: about [-0.0025, +0.0425].
+    interval = stats.ttest_1samp(expected, 0.0).confidence_interval(0.95)
+    assert augment.interval == pytest.approx((interval.low, interval.high))
+    assert augment.interval == pytest.approx((-0.0025033, 0.0425033), abs=1e-6)
     assert "from 4 pairs" in augment.verdict()
+    assert augment.verdict() == "+2.0 points [-0.3, +4.3] from 4 pairs: not distinguishable from zero"
 
     rotation = effects[("rotation", 0.2)]
     assert rotation.differences == pytest.approx([0.61 - 0.64])  # only cnn seed 0 has both
@@ -61,9 +63,7 @@ def test_effects_are_means_of_matched_pairs_with_t_intervals() -> None:
     backbone = effects[("backbone", "mobilenet_v2")]
     assert sorted(backbone.differences) == pytest.approx(sorted([0.95 - 0.60, 0.97 - 0.64]))
     assert effects[("backbone", "cnn")].verdict() == "baseline"
-    assert effects[("augment", False)].level_mean == pytest.approx(
-        statistics.fmean([0.60, 0.62, 0.95])
-    )
+    assert effects[("augment", False)].level_mean == pytest.approx(2.17 / 3)  # 0.60, 0.62, 0.95
 
 
 def test_no_pairs_is_said_plainly() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,12 @@ tracking: {{experiment: best}}
 
 
 def record(
-    run_id: str, number: int, val: float | None, test: float, state: str = "COMPLETE"
+    run_id: str,
+    number: int,
+    val: float | None,
+    test: float,
+    state: str = "COMPLETE",
+    best_epoch_val: float = 1.0,
 ) -> TrialRecord:
     return TrialRecord(
         run_id=run_id,
@@ -37,7 +43,7 @@ def record(
         seed=0,
         state=TrialState(state),
         number=number,
-        best_val_accuracy=1.0,  # the best epoch's: not what the saved model has
+        best_val_accuracy=best_epoch_val,  # the best epoch's: not what the saved model has
         model_val_accuracy=val,
         test_accuracy=test,
     )
@@ -53,7 +59,43 @@ def test_best_is_chosen_on_validation_never_on_test() -> None:
     ]
     best = best_record(records)
     assert best is not None and best.run_id == "b"
+    reversed_best = best_record(records[::-1])  # the trial number breaks the tie, not the order
+    assert reversed_best is not None and reversed_best.run_id == "b"
     assert best_record([r for r in records if r.state != "COMPLETE"]) is None
+
+
+@pytest.mark.parametrize(
+    ("records", "winner"),
+    [
+        # A higher test accuracy never wins: 0.71 beats 0.70 on validation, whatever the test says.
+        ([record("x", 1, 0.70, 0.99), record("y", 2, 0.71, 0.10)], "y"),
+        ([record("y", 2, 0.71, 0.10), record("x", 1, 0.70, 0.99)], "y"),
+        # A three-way tie: the lowest trial number (3), wherever it is in the list.
+        ([record("p", 7, 0.80, 0.9), record("q", 3, 0.80, 0.1), record("r", 5, 0.80, 0.5)], "q"),
+        # Trial 0 is a trial like any other: it wins its tie.
+        ([record("one", 1, 0.5, 0.9), record("zero", 0, 0.5, 0.1)], "zero"),
+        # The saved model's validation accuracy counts, not the best epoch's.
+        (
+            [
+                record("peak", 1, 0.50, 0.9, best_epoch_val=0.99),
+                record("steady", 2, 0.60, 0.1, best_epoch_val=0.60),
+            ],
+            "steady",
+        ),
+        # A complete trial without the saved model's accuracy cannot be chosen.
+        ([record("unknown", 1, None, 1.0), record("known", 2, 0.10, 0.0)], "known"),
+    ],
+    ids=["test-ignored", "test-ignored-reversed", "three-way-tie", "trial-0", "saved-model", "none"],
+)
+def test_best_record_hand_picked(records: list[TrialRecord], winner: str) -> None:
+    best = best_record(records)
+    assert best is not None and best.run_id == winner
+
+
+def test_no_best_without_a_complete_trial_with_an_accuracy() -> None:
+    assert best_record([]) is None
+    assert best_record([record("unknown", 1, None, 1.0)]) is None
+    assert best_record([record("f", 1, 0.9, 0.9, state="FAIL")]) is None
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +110,7 @@ def study(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # a study, then the command line
 def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -> None:
     import keras
 
@@ -80,8 +123,20 @@ def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -
         sweep = load_sweep(study)
         _, _, records = read_study(sweep)
         images = load_images(sweep.data)
-    best = min(records, key=lambda r: (-(r.model_val_accuracy or 0.0), r.number))
-    assert best.run_id in result.stdout
+    # The run it names is a complete trial that no other complete trial beats on the saved
+    # model's validation accuracy, nor ties with a lower trial number.
+    (run_id,) = re.findall(r"MLflow run (\w+)", result.stdout)
+    by_id = {r.run_id: r for r in records}
+    best = by_id[run_id]
+    assert best.state == "COMPLETE" and best.model_val_accuracy is not None
+    others = [r for r in records if r.state == "COMPLETE" and r.run_id != run_id]
+    assert len(others) == 2
+    for other in others:
+        assert other.model_val_accuracy is not None
+        assert other.model_val_accuracy < best.model_val_accuracy or (
+            other.model_val_accuracy == best.model_val_accuracy and other.number > best.number
+        ), (other, best)
+    assert f"validation accuracy {best.model_val_accuracy:.4f}" in result.stdout
     assert f"test accuracy       {best.test_accuracy:.4f}" in result.stdout
     assert "0=cats, 1=dogs" in result.stdout
 
@@ -100,12 +155,14 @@ def test_best_writes_the_trials_model_which_classifies_raw_images(study: Path) -
     )
 
 
+@pytest.mark.slow  # a study, then the command line
 def test_best_refuses_a_file_that_is_not_keras(study: Path) -> None:
     result = run_module("ablation.best", str(study), "-o", "model.h5", cwd=study.parent)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: -o model.h5: the model file must end in .keras")
 
 
+@pytest.mark.slow  # a study, then the command line
 def test_best_of_a_study_never_run_is_one_line(study: Path) -> None:
     result = run_module("ablation.best", str(study), "--set", "study.name=never", cwd=study.parent)
     assert result.returncode == 2

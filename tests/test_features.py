@@ -73,6 +73,7 @@ def test_no_cut_without_a_pretrained_backbone() -> None:
     assert network.backbone is None and network.extractor is None and network.head is None
 
 
+@pytest.mark.slow  # trains the model twice: cached features and not
 @pytest.mark.parametrize("augment", [False, True])
 def test_a_cached_trial_is_the_full_models_trial(
     small_data: Path, tmp_path: Path, augment: bool

@@ -246,25 +246,76 @@ def test_label_smoothing_is_categorical_crossentropy_with_smoothed_targets() -> 
         np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
 
 
-def test_unfreeze_top_layers_keeps_batchnorm_frozen() -> None:
-    from keras import layers
+# MobileNetV2's last 11 layers (of 154), written out from its architecture: block 16's
+# expand, depthwise and project convolutions, each with its BatchNorm, then Conv_1.
+MOBILENET_V2_TOP = [
+    "block_16_expand",  # Conv2D: the 11th from the top
+    "block_16_expand_BN",
+    "block_16_expand_relu",
+    "block_16_depthwise",  # DepthwiseConv2D
+    "block_16_depthwise_BN",
+    "block_16_depthwise_relu",
+    "block_16_project",  # Conv2D
+    "block_16_project_BN",
+    "Conv_1",  # Conv2D
+    "Conv_1_bn",
+    "out_relu",
+]
+MOBILENET_V2_TOP_BATCHNORM = [
+    "block_16_expand_BN",
+    "block_16_depthwise_BN",
+    "block_16_project_BN",
+    "Conv_1_bn",
+]
 
+
+def test_unfreeze_top_layers_keeps_batchnorm_frozen() -> None:
     network = small_network()
     model = network.model
     base = model.layers[1]
     assert base is network.backbone and base.trainable is False
-    frozen_trainable = len(model.trainable_weights)
-    unfrozen = unfreeze_top(network, 10)
-    top = base.layers[-10:]
-    for layer in base.layers:
-        if layer in top and not isinstance(layer, layers.BatchNormalization):
-            assert layer.trainable, layer.name
-        else:
-            assert not layer.trainable, layer.name
-    assert any(isinstance(layer, layers.BatchNormalization) for layer in top)
-    assert unfrozen == [layer.name for layer in top if layer.trainable and layer.weights]
-    assert len(model.trainable_weights) == frozen_trainable + sum(
-        len(layer.trainable_weights) for layer in top
+    assert len(base.layers) == 154 and [layer.name for layer in base.layers[-11:]] == (
+        MOBILENET_V2_TOP
     )
+    assert [w.path for w in model.trainable_weights] == ["logits/kernel", "logits/bias"]
+
+    unfrozen = unfreeze_top(network, 10)  # block_16_expand_BN up to out_relu
+    assert unfrozen == ["block_16_depthwise", "block_16_project", "Conv_1"]  # those with weights
+    assert {layer.name for layer in base.layers if layer.trainable} == {
+        "block_16_expand_relu",
+        "block_16_depthwise",
+        "block_16_depthwise_relu",
+        "block_16_project",
+        "Conv_1",
+        "out_relu",
+    }  # every other layer, the four BatchNorms and block_16_expand included, stays frozen
+    for name in MOBILENET_V2_TOP_BATCHNORM:
+        assert base.get_layer(name).trainable is False, name
+    assert base.get_layer("block_16_expand").trainable is False
+    # MobileNetV2's convolutions have no bias: one kernel each, plus the head's two weights.
+    assert sorted(w.path for w in model.trainable_weights) == sorted(
+        [
+            "block_16_depthwise/kernel",
+            "block_16_project/kernel",
+            "Conv_1/kernel",
+            "logits/kernel",
+            "logits/bias",
+        ]
+    )
+
+    eleven = small_network()
+    assert unfreeze_top(eleven, 11) == [
+        "block_16_expand",
+        "block_16_depthwise",
+        "block_16_project",
+        "Conv_1",
+    ]
+    assert len(eleven.model.trainable_weights) == 4 + 2
+    assert eleven.backbone is not None
+    assert not any(eleven.backbone.get_layer(n).trainable for n in MOBILENET_V2_TOP_BATCHNORM)
+
+    none = small_network()
+    assert unfreeze_top(none, 0) == []
+    assert [w.path for w in none.model.trainable_weights] == ["logits/kernel", "logits/bias"]
     with pytest.raises(ValueError, match="no pretrained backbone"):
         unfreeze_top(build_model(Configuration(), image_size=(32, 32), num_classes=2), 3)

@@ -20,6 +20,8 @@ from ablation.factors import Configuration
 from ablation.training import train
 from conftest import SMALL_WEIGHTS, load_study
 
+pytestmark = pytest.mark.slow  # studies and trainings, killed and rerun on the command line
+
 SWEEP = """
 study: {{name: r, sampler: grid, seeds: [0], isolation: {isolation}}}
 data: {{source: {data}, image_size: [64, 64], batch_size: 4, limit_per_class: 6}}

@@ -10,6 +10,8 @@ from mlflow import MlflowClient
 
 from conftest import CATS_AND_DOGS, REPO, run_module
 
+pytestmark = pytest.mark.slow  # the command line in a subprocess; one test trains the blog's grid
+
 BLOG = REPO / "sweeps" / "blog.yaml"
 
 

@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from ablation.ui import mlflow_server
 from conftest import load_study
 
+pytestmark = pytest.mark.slow  # workers and machines on the command line, training a grid
+
 SWEEP = """
 study: {{name: scale, sampler: grid, seeds: [0, 1]}}
 data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}}

@@ -13,6 +13,8 @@ from ablation.factors import Configuration
 from ablation.training import train
 from conftest import frozen_sweep
 
+pytestmark = pytest.mark.slow  # every test trains a model
+
 FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
 
@@ -68,11 +70,40 @@ def test_fine_tuning_that_does_not_help_keeps_the_first_phases_model(
     choices = FROZEN.model_copy(update={"fine_tune_layers": 30, "fine_tune_epochs": 3})
     images = load_images(sweep.data)
     result = train(choices, seed=0, sweep=sweep, images=images)
-    assert result.fine_tune_from is not None
-    kept_phase = "first" if result.kept_epoch < result.fine_tune_from else "second"
-    evaluated = result.model.evaluate(
-        images.x_val.astype("float32"), images.y_val, verbose=0, return_dict=True
-    )
-    assert evaluated["accuracy"] == pytest.approx(result.model_val_accuracy), kept_phase
+    kept_weights = {weight.path: weight.numpy() for weight in result.model.weights}
+    x_val, x_test = images.x_val.astype("float32"), images.x_test.astype("float32")
+    kept_val = result.model.predict(x_val, verbose=0)
+    kept_test = result.model.predict(x_test, verbose=0)
+    # The same first phase alone (same seed, no fine-tuning): the model to fall back to.
+    first = train(FROZEN, seed=0, sweep=sweep, images=images)
+    assert first.fine_tune_from is None
+
+    # Preconditions: both phases ran, the first is the same, and the second never beat it.
+    assert result.fine_tune_from == 2 == first.epochs_run
+    first_phase = result.history["val_accuracy"][:2]
+    second_phase = result.history["val_accuracy"][2:]
+    assert {name: values[:2] for name, values in result.history.items()} == first.history
+    assert 1 <= len(second_phase) <= 3
+    assert max(second_phase) < max(first_phase), result.history["val_accuracy"]
+
+    # The kept epoch is the first phase's best, and so is the reported accuracy.
+    assert result.kept_epoch < result.fine_tune_from
+    assert result.kept_epoch == first.best_epoch == first_phase.index(max(first_phase))
+    assert result.model_val_accuracy == max(first_phase) == first.val_accuracy
+    assert result.val_loss == first.val_loss
     assert result.model_val_accuracy == max(result.history["val_accuracy"][: result.kept_epoch + 1])
+
+    # The model holds the first phase's weights, backbone included (fine-tuning changed it).
+    first_weights = {weight.path: weight.numpy() for weight in first.model.weights}
+    assert kept_weights.keys() == first_weights.keys()
+    for path, value in first_weights.items():
+        np.testing.assert_array_equal(kept_weights[path], value, err_msg=path)
+    np.testing.assert_allclose(kept_val, first.model.predict(x_val, verbose=0), atol=1e-5)
+    # ... and its predictions reproduce the recorded validation and test accuracies.
+    val_accuracy = float(np.mean(np.argmax(kept_val, axis=1) == images.y_val))
+    assert val_accuracy == pytest.approx(result.model_val_accuracy)
+    test_accuracy = float(np.mean(np.argmax(kept_test, axis=1) == images.y_test))
+    assert test_accuracy == pytest.approx(result.test_accuracy)
+    evaluated = result.model.evaluate(x_val, images.y_val, verbose=0, return_dict=True)
+    assert evaluated["accuracy"] == pytest.approx(result.model_val_accuracy)
     assert np.isfinite(result.test_loss)

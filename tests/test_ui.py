@@ -16,12 +16,9 @@ from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
 
+pytestmark = pytest.mark.slow  # a study, a server and a browser
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    message = "the browser test needs Chromium (Debian: apt-get install chromium)"
-    if os.environ.get("CI"):
-        raise RuntimeError(message)  # in CI a missing browser is a failure, not a skip
-    pytest.skip(message, allow_module_level=True)
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -39,6 +36,16 @@ space:
   rotation: {{choice: [0.2], when: {{augment: true}}}}
 tracking: {{experiment: ui-exp}}
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium() -> None:
+    """Checked when the test runs, not when it is collected: `-m "not slow"` needs no browser."""
+    if not Path(CHROMIUM).exists():
+        message = "the browser test needs Chromium (Debian: apt-get install chromium)"
+        if os.environ.get("CI"):
+            raise RuntimeError(message)  # in CI a missing browser is a failure, not a skip
+        pytest.skip(message)
 
 
 def free_port() -> int:
