@@ -35,6 +35,7 @@ from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 from ablation.plan import plan
 from ablation.records import TrialState
+from ablation.redaction import redact
 from ablation.report import build_report, default_plot_dir, render, write_report_files
 from ablation.study import run_sweep
 from ablation.trial import TrialOutcome
@@ -204,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(
-            f"warning: could not build the report ({type(exc).__name__}: {exc}); "
+            f"warning: could not build the report ({type(exc).__name__}: {redact(str(exc))}); "
             "the trials are recorded, retry with python -m ablation.report",
             file=sys.stderr,
         )
     console.print(
-        f"MLflow: {sweep.tracking.tracking_uri()}  experiment "
+        f"MLflow: {redact(sweep.tracking.tracking_uri())}  experiment "
         f"{sweep.experiment_name!r}  parent run {summary.parent_run_id}",
         highlight=False,
     )

@@ -42,6 +42,7 @@ from ablation.records import (
     TrialRecord,
     TrialState,
 )
+from ablation.redaction import redact
 from ablation.space import typed_params
 
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ class Tracker:
 
     def fail_trial(self, run_id: str, error: str, *, killed: bool = False) -> None:
         """End a trial's run as FAILED (or KILLED: interrupted) with the error as a tag."""
-        self.client.set_tag(run_id, TagName.ERROR, error[:5000])
+        self.client.set_tag(run_id, TagName.ERROR, redact(error)[:5000])
         self._end_trial(run_id, TrialState.FAIL, killed=killed)
 
     def end_orphaned_trials(self, study_name: str, running: set[int]) -> None:
