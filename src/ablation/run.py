@@ -150,12 +150,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--storage",
         metavar="URL",
-        help="Optuna storage: a database URL or a journal file (= study.storage)",
+        help="Optuna storage: a database URL or a journal file (= study.storage; default "
+        "$ABLATION_STORAGE); a password is better in $PGPASSWORD or ~/.pgpass than here",
     )
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
-        help="MLflow tracking URI, e.g. http://host:5000 (= tracking.uri)",
+        help="MLflow tracking URI, e.g. http://host:5000 (= tracking.uri; default "
+        "$MLFLOW_TRACKING_URI); credentials are better in $MLFLOW_TRACKING_USERNAME and "
+        "$MLFLOW_TRACKING_PASSWORD (or $MLFLOW_TRACKING_TOKEN) than here",
     )
     return parser.parse_args(argv)
 
