@@ -274,6 +274,7 @@ def test_a_password_in_the_urls_is_recorded_nowhere(
     assert trials, "no trial process was seen"
     assert not [line for line in trials if password in line]  # ps of a running trial
     assert f"MLflow: http://bob:***@{server.removeprefix('http://')}" in result.stdout
+    assert "Optuna: postgresql://postgres:***@127.0.0.1" in result.stdout
     outputs = [result.stdout, result.stderr]
     for module, extra in (
         ("ablation.report", ["-o", str(work / "report.md")]),

@@ -70,7 +70,10 @@ def redact_logs() -> None:
 
     def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = factory(*args, **kwargs)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging reports it when the record is emitted
+            return record
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, ()

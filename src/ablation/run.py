@@ -33,7 +33,7 @@ from rich.progress import (
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
-from ablation.plan import plan
+from ablation.plan import plan, stores
 from ablation.records import TrialState
 from ablation.redaction import redact
 from ablation.report import build_report, default_plot_dir, render, write_report_files
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in plan(sweep):
                 console.print(line, highlight=False, markup=False)
             return 0
-        for line in plan(sweep)[:1]:
+        for line in [*plan(sweep)[:1], stores(sweep)]:
             console.print(line, highlight=False, markup=False)
         reporter = ConsoleReporter(console, live=args.workers == 1)
         try:
