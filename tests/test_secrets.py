@@ -22,7 +22,7 @@ import pytest
 
 from ablation.config import load_sweep
 from ablation.errors import UserError, first_line
-from ablation.redaction import redact, redact_logs
+from ablation.redaction import redact, redact_output
 from ablation.study import sweep_yaml
 from ablation.ui import mlflow_server
 from conftest import REPO, run_module
@@ -73,7 +73,7 @@ def test_user_errors_first_lines_and_log_lines_hold_no_password(
     assert first_line(RuntimeError(f"API request to {url} failed\nmore")) == (
         "API request to postgresql://alice:***@127.0.0.1:5999/optuna failed"
     )
-    redact_logs()
+    redact_output()
     with caplog.at_level(logging.WARNING):
         logging.getLogger("mlflow.anything").warning("retrying %s", url)
         try:
@@ -82,6 +82,19 @@ def test_user_errors_first_lines_and_log_lines_hold_no_password(
             logging.getLogger("ablation.test").exception("failed")
     assert "s3cretpw" not in caplog.text
     assert "alice:***@127.0.0.1" in caplog.text
+
+
+def test_an_uncaught_exception_shows_no_password(tmp_path: Path) -> None:
+    code = (
+        "from ablation.redaction import redact_output; redact_output(); "
+        "raise RuntimeError('API request to http://bob:s3cretpw@mlflow.example/api failed')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 1
+    assert "RuntimeError: API request to http://bob:***@mlflow.example/api failed" in result.stderr
+    assert "s3cretpw" not in result.stderr
 
 
 def test_the_environment_names_the_stores_when_the_sweep_does_not(

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from ablation.errors import UserError
-from ablation.redaction import redact_logs
+from ablation.redaction import redact_output
 
 
 def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -28,8 +28,8 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 def configure_logging(debug: bool) -> None:
     """Warnings only, without MLflow's set-up notes or TensorFlow's retracing notes; never a
-    password (:func:`ablation.redaction.redact_logs`)."""
-    redact_logs()
+    password (:func:`ablation.redaction.redact_output`)."""
+    redact_output()
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s"
     )

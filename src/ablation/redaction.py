@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import traceback
 from typing import Any
 
 MASK = "***"
@@ -61,9 +63,10 @@ def redacted(data: Any) -> Any:
     return data
 
 
-def redact_logs() -> None:
+def redact_output() -> None:
     """Redact every log record this process creates, on any logger (MLflow's own handlers,
-    which do not propagate to the root, included), its traceback too. Safe to call again."""
+    which do not propagate to the root, included), and the traceback of an uncaught
+    exception. Safe to call again."""
     factory = logging.getLogRecordFactory()
     if getattr(factory, "redacts", False):
         return
@@ -81,5 +84,9 @@ def redact_logs() -> None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return record
 
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
     make_record.redacts = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(make_record)
+    sys.excepthook = excepthook
