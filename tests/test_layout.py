@@ -18,6 +18,7 @@ MODULES = {path.stem: ast.parse(path.read_text()) for path in sorted(PACKAGE.glo
 
 # Bottom to top: a module may import only modules on an earlier line.
 LAYERS = [
+    ["redaction"],
     ["errors"],
     ["factors"],
     ["config", "records"],

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ablation.errors import UserError
+from ablation.redaction import redact_output
 
 
 def sweep_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -26,7 +27,9 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def configure_logging(debug: bool) -> None:
-    """Warnings only, without MLflow's set-up notes or TensorFlow's retracing notes."""
+    """Warnings only, without MLflow's set-up notes or TensorFlow's retracing notes; never a
+    password (:func:`ablation.redaction.redact_output`)."""
+    redact_output()
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s"
     )

@@ -23,6 +23,7 @@ themselves are the fields of :class:`ablation.factors.Configuration`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -53,6 +54,10 @@ from ablation.factors import (
 Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]  # Keras's dtype policies
 
 DEFAULT_OUTPUT_DIR = Path("mlruns")
+# Where a store comes from when the sweep and the command line leave it out: the environment,
+# so that a password never has to be on a command line (ps shows those to every user).
+STORAGE_ENV = "ABLATION_STORAGE"  # the Optuna storage URL
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own; MLFLOW_TRACKING_PASSWORD etc. too
 
 
 class _Section(BaseModel):
@@ -84,7 +89,8 @@ class Study(_Section):
     )
     storage: str | None = Field(
         None,
-        description="a database URL or a journal file; default mlruns/optuna.journal",
+        description=f"a database URL or a journal file; default ${STORAGE_ENV}, else "
+        "mlruns/optuna.journal",
     )
     heartbeat_seconds: PositiveInt = Field(
         20, description="how often a running trial says it is alive (database storages)"
@@ -112,6 +118,8 @@ class Study(_Section):
     def storage_url(self) -> str:
         if self.storage:
             return self.storage
+        if os.environ.get(STORAGE_ENV):
+            return os.environ[STORAGE_ENV]
         return str((DEFAULT_OUTPUT_DIR / "optuna.journal").resolve())
 
 
@@ -185,12 +193,16 @@ class PretrainedWeights(_Section):
 
 
 class Tracking(_Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; default under mlruns/")
+    uri: str | None = Field(
+        None, description=f"MLflow tracking URI; default ${TRACKING_URI_ENV}, else under mlruns/"
+    )
     experiment: str | None = None
 
     def tracking_uri(self) -> str:
         if self.uri:
             return self.uri
+        if os.environ.get(TRACKING_URI_ENV):
+            return os.environ[TRACKING_URI_ENV]
         return f"sqlite:///{(DEFAULT_OUTPUT_DIR / 'mlflow.db').resolve()}"
 
     def artifact_location(self) -> str | None:

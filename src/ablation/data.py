@@ -32,6 +32,7 @@ import numpy as np
 
 from ablation.config import Data
 from ablation.errors import UserError, first_line
+from ablation.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def load_images(config: Data) -> Images:
         x_test=x_all_val[test_idx],
         y_test=y_all_val[test_idx],
         fingerprint=listing.fingerprint(),
-        source=config.source,
+        source=redact(config.source),  # kept in the cache file: never a password
     )
     if cached is not None:
         write_images(images, cached)

@@ -19,6 +19,7 @@ from typing import Any
 
 from ablation.data import read_images
 from ablation.records import TrialState
+from ablation.redaction import redact_output
 from ablation.tracking import Tracker
 from ablation.training import EpochHook
 from ablation.trial import TrialOutcome, TrialSpec, run_trial
@@ -79,6 +80,7 @@ def _child_main(spec: TrialSpec, images_file: str, sender: Any, parent_pid: int)
     """Entry point of a trial's process."""
     # Ctrl-C is the parent's to handle: it stops this process and records the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    redact_output()
     _exit_with_parent(parent_pid)
 
     def send(message: tuple[str, Any]) -> None:

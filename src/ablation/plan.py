@@ -1,4 +1,4 @@
-"""What a sweep will run, in words: the ``--dry-run`` listing and a run's first line.
+"""What a sweep will run, in words: the ``--dry-run`` listing and a run's first lines.
 
 Example:
     >>> from ablation.config import load_sweep
@@ -17,6 +17,7 @@ from ablation import space
 from ablation.config import Sweep
 from ablation.factors import Configuration, Params
 from ablation.precision import dtype_policy
+from ablation.redaction import redact
 
 
 def grid_points(sweep: Sweep) -> list[tuple[Params, int]]:
@@ -47,6 +48,21 @@ def plan(sweep: Sweep) -> list[str]:
     for params in study.try_first:
         lines.append(f"  first: {space.label(params):<32} {_format_params(params)}")
     return lines
+
+
+def stores(sweep: Sweep) -> str:
+    """Where the study and its records go, any password shown as ``***``.
+
+    >>> from ablation.config import load_sweep
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["study.storage=postgresql://u:pw@db/optuna",
+    ...                                         "tracking.uri=https://u:pw@mlflow.example"])
+    >>> print(stores(sweep))
+    Optuna: postgresql://u:***@db/optuna  MLflow: https://u:***@mlflow.example
+    """
+    return (
+        f"Optuna: {redact(sweep.study.storage_url())}  "
+        f"MLflow: {redact(sweep.tracking.tracking_uri())}"
+    )
 
 
 def _epochs(sweep: Sweep) -> str:

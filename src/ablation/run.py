@@ -33,8 +33,9 @@ from rich.progress import (
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
-from ablation.plan import plan
+from ablation.plan import plan, stores
 from ablation.records import TrialState
+from ablation.redaction import redact
 from ablation.report import build_report, default_plot_dir, render, write_report_files
 from ablation.study import run_sweep
 from ablation.trial import TrialOutcome
@@ -149,12 +150,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--storage",
         metavar="URL",
-        help="Optuna storage: a database URL or a journal file (= study.storage)",
+        help="Optuna storage: a database URL or a journal file (= study.storage; default "
+        "$ABLATION_STORAGE); a password is better in $PGPASSWORD or ~/.pgpass than here",
     )
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
-        help="MLflow tracking URI, e.g. http://host:5000 (= tracking.uri)",
+        help="MLflow tracking URI, e.g. http://host:5000 (= tracking.uri; default "
+        "$MLFLOW_TRACKING_URI); credentials are better in $MLFLOW_TRACKING_USERNAME and "
+        "$MLFLOW_TRACKING_PASSWORD (or $MLFLOW_TRACKING_TOKEN) than here",
     )
     return parser.parse_args(argv)
 
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in plan(sweep):
                 console.print(line, highlight=False, markup=False)
             return 0
-        for line in plan(sweep)[:1]:
+        for line in [*plan(sweep)[:1], stores(sweep)]:
             console.print(line, highlight=False, markup=False)
         reporter = ConsoleReporter(console, live=args.workers == 1)
         try:
@@ -204,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(
-            f"warning: could not build the report ({type(exc).__name__}: {exc}); "
+            f"warning: could not build the report ({type(exc).__name__}: {redact(str(exc))}); "
             "the trials are recorded, retry with python -m ablation.report",
             file=sys.stderr,
         )
     console.print(
-        f"MLflow: {sweep.tracking.tracking_uri()}  experiment "
+        f"MLflow: {redact(sweep.tracking.tracking_uri())}  experiment "
         f"{sweep.experiment_name!r}  parent run {summary.parent_run_id}",
         highlight=False,
     )

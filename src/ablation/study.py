@@ -36,6 +36,7 @@ from ablation.factors import Params
 from ablation.models import mobilenet_v2_base, weights_fingerprint
 from ablation.plan import grid_points
 from ablation.records import ParamName
+from ablation.redaction import redact, redacted
 from ablation.storage import (
     fail_dead_trials,
     lock,
@@ -61,6 +62,17 @@ log = logging.getLogger(__name__)
 def point_key(params: Params, seed: int) -> str:
     """The identity of a (configuration, seed) pair in the study: enqueued once."""
     return json.dumps({"params": params, "seed": seed}, sort_keys=True)
+
+
+def sweep_yaml(sweep: Sweep) -> str:
+    """The resolved sweep as YAML (the study run's ``sweep.yaml``), every password redacted.
+
+    >>> from ablation.config import load_sweep
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["study.storage=postgresql://u:pw@db/optuna"])
+    >>> [line for line in sweep_yaml(sweep).splitlines() if "storage:" in line]
+    ['  storage: postgresql://u:***@db/optuna']
+    """
+    return yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
 
 
 def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 1) -> StudySummary:
@@ -90,7 +102,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
         parent_id = tracker.study_run(
             sweep.study.name,
             {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},
-            yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False),
+            sweep_yaml(sweep),
         )
         _recover_dead_trials(study, tracker)
         planned, to_run = _enqueue(study, sweep)
@@ -127,7 +139,7 @@ def _identity(sweep: Sweep, images: Images) -> dict[str, Any]:
         "learning_rate": sweep.train.learning_rate,
         "patience": sweep.train.patience or "off",
         "image_size": "x".join(map(str, sweep.data.image_size)),
-        "data_source": sweep.data.source,
+        "data_source": redact(sweep.data.source),
         "data_sha256": images.fingerprint,
         "n_train": len(images.y_train),
         "n_val": len(images.y_val),
@@ -141,7 +153,7 @@ def _weights_identity(sweep: Sweep) -> dict[str, Any]:
     if not space.uses_pretrained(sweep.space):
         return {}
     return {
-        "weights": sweep.model.weights,
+        "weights": redact(sweep.model.weights),
         "alpha": sweep.model.alpha,
         "weights_sha256": weights_fingerprint(sweep.data.image_size, sweep.model),
     }

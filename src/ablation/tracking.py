@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ from ablation.records import (
     TrialRecord,
     TrialState,
 )
+from ablation.redaction import redact
 from ablation.space import typed_params
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = tracking.tracking_uri()
+        if redact(self.uri) != self.uri:  # MLflow prints run addresses, password included
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         check_reachable(self.uri)
         try:
             if self.uri.startswith("sqlite:///"):
@@ -203,12 +207,11 @@ class Tracker:
 
     def fail_trial(self, run_id: str, error: str, *, killed: bool = False) -> None:
         """End a trial's run as FAILED (or KILLED: interrupted) with the error as a tag."""
-        self.client.set_tag(run_id, TagName.ERROR, error[:5000])
+        self.client.set_tag(run_id, TagName.ERROR, redact(error)[:5000])
         self._end_trial(run_id, TrialState.FAIL, killed=killed)
 
     def end_orphaned_trials(self, study_name: str, running: set[int]) -> None:
-        """End as KILLED the trial runs left RUNNING whose trial number is not in ``running``
-        (their process died: SIGKILL, a power cut)."""
+        """End as KILLED the RUNNING trial runs not in ``running`` (their process died)."""
         for run in self._study_runs(study_name)[1]:
             number = run.data.tags.get(TagName.TRIAL)
             if _is_running(run) and number is not None and int(number) not in running:

@@ -28,6 +28,7 @@ from typing import IO
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
+from ablation.redaction import redact
 from ablation.tracking import Tracker
 
 
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         experiment = experiment_id(sweep)
         with serve(sweep, args.host, args.port) as base_url:
             print(
-                f"MLflow UI for study {sweep.study.name!r}: {runs_view(base_url, experiment)}",
+                f"MLflow UI for study {sweep.study.name!r}: "
+                f"{redact(runs_view(base_url, experiment))}",
                 flush=True,
             )
             print("Ctrl-C stops it.", flush=True)

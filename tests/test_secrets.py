@@ -1,0 +1,349 @@
+"""Secrets stay secret: a password in a storage or tracking URL is never shown nor recorded.
+
+The slow tests run real studies against the real PostgreSQL (trust auth: any password
+is accepted) and a real ``mlflow server`` reached with credentials in its URL, then
+search every file the run wrote, a dump of the Optuna database, stdout and stderr,
+and the command lines of the running trial processes for the password.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ablation.config import load_sweep
+from ablation.errors import UserError, first_line
+from ablation.redaction import redact, redact_output
+from ablation.study import sweep_yaml
+from ablation.ui import mlflow_server
+from conftest import REPO, run_module
+
+POSTGRES_URL = os.environ.get("ABLATION_POSTGRES_URL")  # an admin URL, e.g. .../postgres
+SWEEP = """
+study: {{name: secret, sampler: grid, seeds: [0]}}
+data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}}
+train: {{epochs: 1}}
+space:
+  augment: {{choice: [false, true]}}
+tracking: {{experiment: secret}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://user:pw@host/db", "postgresql://user:***@host/db"),
+        ("postgresql+psycopg://u:p%40ss@h:5432/d", "postgresql+psycopg://u:***@h:5432/d"),
+        ("https://user:pass:word@mlflow.example", "https://user:***@mlflow.example"),
+        ("mysql://:only-a-password@db/optuna", "mysql://:***@db/optuna"),
+        (
+            "postgresql://h/d?sslmode=require&password=pw",
+            "postgresql://h/d?sslmode=require&password=***",
+        ),
+        ("http://user@host:5000", "http://user@host:5000"),
+        ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1"),
+        ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
+        ("/home/me/mlruns/optuna.journal", "/home/me/mlruns/optuna.journal"),
+        ("a:b@c is no URL", "a:b@c is no URL"),
+        (
+            "from 'http://a:x@h1' to \"https://b:y@h2/p\"",
+            "from 'http://a:***@h1' to \"https://b:***@h2/p\"",
+        ),
+    ],
+)
+def test_redact_hides_the_password_and_keeps_the_rest(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+def test_user_errors_first_lines_and_log_lines_hold_no_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = "postgresql://alice:s3cretpw@127.0.0.1:5999/optuna"
+    assert "s3cretpw" not in str(UserError(f"cannot open {url!r}"))
+    assert "alice:***@127.0.0.1:5999" in str(UserError(f"cannot open {url!r}"))
+    assert first_line(RuntimeError(f"API request to {url} failed\nmore")) == (
+        "API request to postgresql://alice:***@127.0.0.1:5999/optuna failed"
+    )
+    redact_output()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("mlflow.anything").warning("retrying %s", url)
+        try:
+            raise ValueError(url)
+        except ValueError:
+            logging.getLogger("ablation.test").exception("failed")
+    assert "s3cretpw" not in caplog.text
+    assert "alice:***@127.0.0.1" in caplog.text
+
+
+def test_an_uncaught_exception_shows_no_password(tmp_path: Path) -> None:
+    code = (
+        "from ablation.redaction import redact_output; redact_output(); "
+        "raise RuntimeError('API request to http://bob:s3cretpw@mlflow.example/api failed')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 1
+    assert "RuntimeError: API request to http://bob:***@mlflow.example/api failed" in result.stderr
+    assert "s3cretpw" not in result.stderr
+
+
+def test_the_environment_names_the_stores_when_the_sweep_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ABLATION_STORAGE", "postgresql://alice:s3cretpw@dbhost/optuna")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    sweep = load_sweep(REPO / "sweeps" / "blog.yaml")
+    assert sweep.study.storage_url() == "postgresql://alice:s3cretpw@dbhost/optuna"
+    assert sweep.tracking.tracking_uri() == "http://mlflow.example:5000"
+    text = sweep_yaml(sweep)
+    assert "s3cretpw" not in text and "postgresql://alice:***@dbhost/optuna" in text
+    # The sweep file and the command line come first.
+    sweep = load_sweep(REPO / "sweeps" / "blog.yaml", ["study.storage=other.journal"])
+    assert sweep.study.storage_url() == "other.journal"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_an_unreachable_storage_or_server_names_the_host_not_the_password(
+    tmp_path: Path, small_data: Path
+) -> None:
+    password = f"pw{uuid.uuid4().hex[:12]}"
+    port = free_port()  # nothing listens there
+    cases = [
+        (
+            ["--storage", f"postgresql://alice:{password}@127.0.0.1:{port}/optuna"],
+            f"error: study.storage: cannot open Optuna storage "
+            f"'postgresql://alice:***@127.0.0.1:{port}/optuna'",
+        ),
+        (
+            ["--tracking-uri", f"http://bob:{password}@127.0.0.1:{port}"],
+            f"error: tracking.uri: MLflow server 'http://bob:***@127.0.0.1:{port}' does not answer",
+        ),
+    ]
+    for args, message in cases:
+        for debug in ([], ["--debug"]):
+            result = run_module(
+                "ablation.run",
+                str(REPO / "sweeps" / "blog.yaml"),
+                "--set",
+                f"data.source={small_data}",
+                "--set",
+                "data.limit_per_class=2",
+                *args,
+                *debug,
+                cwd=tmp_path,
+            )
+            assert result.returncode == (1 if debug else 2), result.stderr[-3000:]
+            shown = message.replace(
+                "error: ", "ablation.errors.UserError: " if debug else "error: "
+            )
+            assert shown in result.stderr, result.stderr[-3000:]
+            assert password not in result.stdout + result.stderr
+            if not debug:
+                assert "Traceback" not in result.stderr
+    assert_nowhere(password, tmp_path)
+
+
+# -- a whole study with a password in its URLs ---------------------------------------------
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh PostgreSQL database (its URL without a password), dropped afterwards."""
+    if not POSTGRES_URL:
+        pytest.skip("set ABLATION_POSTGRES_URL (an admin URL) to run the PostgreSQL tests")
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"ablation_secret_{uuid.uuid4().hex[:10]}"
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A real ``mlflow server`` whose store and artifacts are files under ``tmp_path``."""
+    store = tmp_path / "server"
+    store.mkdir()
+    with mlflow_server(
+        f"sqlite:///{store / 'mlflow.db'}",
+        port=free_port(),
+        artifacts_destination=str(store / "artifacts"),
+    ) as base_url:
+        yield base_url
+
+
+def with_password(url: str, user: str, password: str) -> str:
+    """``scheme://user:password@rest`` from ``scheme://[user@]rest``."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{user}:{password}@{rest.split('@', 1)[-1]}"
+
+
+def database_text(url: str) -> str:
+    """Every row of every table of a database, as text (a dump of what Optuna stored)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        tables = connection.execute(
+            sqlalchemy.text(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        ).scalars()
+        rows = [
+            row
+            for table in list(tables)
+            for row in connection.execute(
+                sqlalchemy.text(f'SELECT CAST(t AS text) FROM "{table}" t')
+            ).scalars()
+        ]
+    engine.dispose()
+    assert any("secret" in row for row in rows)  # the study is there
+    return "\n".join(rows)
+
+
+def assert_nowhere(password: str, *folders: Path) -> None:
+    """No file under ``folders`` holds the password (as bytes, anywhere in it)."""
+    needle = password.encode()
+    holding = [
+        str(path)
+        for folder in folders
+        for path in folder.rglob("*")
+        if path.is_file() and needle in path.read_bytes()
+    ]
+    assert holding == []
+
+
+def run_watching_processes(
+    args: list[str], cwd: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``python -m ablation.run ARGS``, and what ``ps`` showed of each of its trial processes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ablation.run", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: dict[int, str] = {}
+    try:
+        while process.poll() is None:
+            listing = subprocess.run(
+                ["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+            ).stdout
+            table = [line.split(None, 2) for line in listing.splitlines() if line.strip()]
+            family = {process.pid}
+            for _ in range(3):  # children and grandchildren
+                family |= {int(pid) for pid, ppid, *_ in table if int(ppid) in family}
+            seen |= {int(pid): rest[0] for pid, _, *rest in table if int(pid) in family and rest}
+            time.sleep(0.3)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    trials = [line for line in seen.values() if "multiprocessing" in line]
+    return completed, trials
+
+
+@pytest.mark.slow
+def test_a_password_in_the_urls_is_recorded_nowhere(
+    tmp_path: Path, small_data: Path, database: str, server: str
+) -> None:
+    password = f"pw{uuid.uuid4().hex[:12]}"
+    storage = with_password(database, "postgres", password)
+    tracking = with_password(server, "bob", password)
+    work = tmp_path / "work"
+    work.mkdir()
+    sweep = work / "sweep.yaml"
+    sweep.write_text(SWEEP.format(data=small_data))
+    stores = ["--set", f"study.storage={storage}", "--set", f"tracking.uri={tracking}"]
+
+    result, trials = run_watching_processes(
+        [str(sweep), "--storage", storage, "--tracking-uri", tracking], work, dict(os.environ)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert trials, "no trial process was seen"
+    assert not [line for line in trials if password in line]  # ps of a running trial
+    assert f"MLflow: http://bob:***@{server.removeprefix('http://')}" in result.stdout
+    assert "Optuna: postgresql://postgres:***@127.0.0.1" in result.stdout
+    outputs = [result.stdout, result.stderr]
+    for module, extra in (
+        ("ablation.report", ["-o", str(work / "report.md")]),
+        ("ablation.best", ["-o", str(work / "best.keras")]),
+    ):
+        shown = run_module(module, str(sweep), *stores, *extra, cwd=work)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        outputs += [shown.stdout, shown.stderr]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=server)
+    runs = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
+    assert len(runs) == 3  # the study and its two trials
+    parent = next(r for r in runs if r.data.tags.get("ablation.role") == "study")
+    recorded = client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))
+    assert "storage: postgresql://postgres:***@" in Path(recorded).read_text()
+    assert "uri: http://bob:***@" in Path(recorded).read_text()
+    for text in [*outputs, database_text(database)]:
+        assert password not in text
+    assert_nowhere(password, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_environment_carries_the_secrets_and_no_command_line_shows_them(
+    tmp_path: Path, small_data: Path, database: str, server: str
+) -> None:
+    """ABLATION_STORAGE (a URL without a password) with PGPASSWORD for libpq, and
+    MLFLOW_TRACKING_URI with MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    import optuna
+
+    password = f"pw{uuid.uuid4().hex[:12]}"
+    work = tmp_path / "work"
+    work.mkdir()
+    sweep = work / "sweep.yaml"
+    sweep.write_text(SWEEP.format(data=small_data))
+    env = {
+        **os.environ,
+        "ABLATION_STORAGE": database,
+        "PGPASSWORD": password,
+        "MLFLOW_TRACKING_URI": server,
+        "MLFLOW_TRACKING_USERNAME": "bob",
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
+    result, trials = run_watching_processes([str(sweep)], work, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert trials, "no trial process was seen"
+    assert not [line for line in trials if password in line]
+    assert f"MLflow: {server}" in result.stdout
+    assert not (work / "mlruns" / "optuna.journal").exists()  # the study went to the database
+    study = optuna.load_study(study_name="secret", storage=database)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=server)
+    assert len(client.search_runs([client.get_experiment_by_name("secret").experiment_id])) == 3
+    for text in (result.stdout, result.stderr, database_text(database)):
+        assert password not in text
+    assert_nowhere(password, tmp_path)
