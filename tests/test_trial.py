@@ -88,8 +88,8 @@ def test_fine_tuning_that_does_not_help_keeps_the_first_phases_model(
 
     # The kept epoch is the first phase's best, and so is the reported accuracy.
     assert result.kept_epoch < result.fine_tune_from
-    assert result.kept_epoch == first.best_epoch == first_phase.index(max(first_phase))
-    assert result.model_val_accuracy == max(first_phase) == first.val_accuracy
+    assert result.kept_epoch == first.kept_epoch == first_phase.index(max(first_phase))
+    assert result.model_val_accuracy == max(first_phase) == first.model_val_accuracy
     assert result.val_loss == first.val_loss
     assert result.model_val_accuracy == max(result.history["val_accuracy"][: result.kept_epoch + 1])
 
