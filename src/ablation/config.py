@@ -225,14 +225,14 @@ class Sweep(_Section):
     @classmethod
     def _known_factors(cls, space: dict[str, Factor]) -> dict[str, Factor]:
         allowed = list(Configuration.model_fields)
-        for name, param in space.items():
+        for name, factor in space.items():
             if name not in Configuration.model_fields:
                 raise ValueError(f"unknown factor {name!r}; allowed: {', '.join(allowed)}")
-            if param.is_range:
-                check_range(name, param)
-            for value in param.choice or []:
+            if factor.is_range:
+                check_range(name, factor)
+            for value in factor.choice or []:
                 check_value(name, value)
-            for other in param.when:
+            for other in factor.when:
                 if other == name:
                     raise ValueError(f"{name}.when names {name} itself")
                 if other not in space:
@@ -242,7 +242,7 @@ class Sweep(_Section):
                     )
                 if space[other].choice is None:
                     raise ValueError(f"{name}.when names {other!r}, a range; 'when' needs choices")
-                for value in param.condition(other):
+                for value in factor.condition(other):
                     if not is_one_of(value, space[other].choice):
                         raise ValueError(
                             f"{name}.when: {other}={value!r} is not one of {other}'s choices "
@@ -252,7 +252,7 @@ class Sweep(_Section):
 
     @model_validator(mode="after")
     def _grid_needs_choices(self) -> Sweep:
-        ranges = [name for name, param in self.space.items() if param.is_range]
+        ranges = [name for name, factor in self.space.items() if factor.is_range]
         if self.study.sampler == "grid" and ranges:
             raise ValueError(
                 f"space.{ranges[0]}: a grid needs a choice list for every factor "
@@ -265,24 +265,24 @@ class Sweep(_Section):
         for index, point in enumerate(self.study.try_first):
             where = f"study.try_first[{index}]"
             for name, value in point.items():
-                param = self.space.get(name)
-                if param is None:
+                factor = self.space.get(name)
+                if factor is None:
                     raise ValueError(
                         f"{where}: {name!r} is not a factor of the space; "
                         f"allowed: {', '.join(self.space)}"
                     )
-                if param.choice is not None and not is_one_of(value, param.choice):
-                    raise ValueError(f"{where}: {name}={value!r} is not one of {param.choice}")
-                if param.is_range and not (
+                if factor.choice is not None and not is_one_of(value, factor.choice):
+                    raise ValueError(f"{where}: {name}={value!r} is not one of {factor.choice}")
+                if factor.is_range and not (
                     isinstance(value, int | float)
                     and not isinstance(value, bool)
-                    and (param.low or 0) <= value <= (param.high or 0)
+                    and (factor.low or 0) <= value <= (factor.high or 0)
                 ):
                     raise ValueError(
-                        f"{where}: {name}={value!r} is outside {param.low:g}..{param.high:g}"
+                        f"{where}: {name}={value!r} is outside {factor.low:g}..{factor.high:g}"
                     )
-                for parent in param.when:
-                    if parent in point and not is_one_of(point[parent], param.condition(parent)):
+                for parent in factor.when:
+                    if parent in point and not is_one_of(point[parent], factor.condition(parent)):
                         raise ValueError(
                             f"{where}: {name} is not a factor when {parent}={point[parent]!r}"
                         )

@@ -62,10 +62,10 @@ def dependents(space: Mapping[str, Factor]) -> dict[str, set[str]]:
     return result
 
 
-def is_active(param: Factor, params: Mapping[str, Scalar]) -> bool:
+def is_active(factor: Factor, params: Mapping[str, Scalar]) -> bool:
     """Whether a factor exists given the values already chosen for its parents."""
     return all(
-        name in params and is_one_of(params[name], param.condition(name)) for name in param.when
+        name in params and is_one_of(params[name], factor.condition(name)) for name in factor.when
     )
 
 
@@ -93,17 +93,17 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Factor]) -> Params:
     """Ask Optuna for a value of every factor that is active in this trial."""
     params: Params = {}
     for name in ordered(space):
-        param = space[name]
-        if not is_active(param, params):
+        factor = space[name]
+        if not is_active(factor, params):
             continue
-        if param.choice is not None:
-            params[name] = trial.suggest_categorical(name, param.choice)
+        if factor.choice is not None:
+            params[name] = trial.suggest_categorical(name, factor.choice)
         elif is_integer_factor(name):
-            low, high = int(param.low or 0), int(param.high or 0)
-            params[name] = trial.suggest_int(name, low, high, log=param.log)
+            low, high = int(factor.low or 0), int(factor.high or 0)
+            params[name] = trial.suggest_int(name, low, high, log=factor.log)
         else:
             params[name] = trial.suggest_float(
-                name, param.low or 0.0, param.high or 0.0, log=param.log
+                name, factor.low or 0.0, factor.high or 0.0, log=factor.log
             )
     return {name: params[name] for name in space if name in params}
 
