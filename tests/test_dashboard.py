@@ -64,11 +64,11 @@ def dashboard_trials(storage: str, study_name: str) -> list[dict]:  # type: igno
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # two shared cores: starting it can be slow
         while True:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             try:
-                studies = requests.get(f"{base}/api/studies", timeout=5)
+                studies = requests.get(f"{base}/api/studies", timeout=30)
                 if studies.ok:
                     break
             except requests.RequestException:
@@ -76,16 +76,18 @@ def dashboard_trials(storage: str, study_name: str) -> list[dict]:  # type: igno
             assert time.monotonic() < deadline, "optuna-dashboard did not answer"
             time.sleep(0.3)
         (summary,) = [s for s in studies.json()["study_summaries"] if s["study_name"] == study_name]
-        detail = requests.get(f"{base}/api/studies/{summary['study_id']}", timeout=30)
+        detail = requests.get(f"{base}/api/studies/{summary['study_id']}", timeout=180)
         assert detail.ok, detail.text
         trials = detail.json()["trials"]
     finally:
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
         try:
-            process.wait(30)
+            process.wait(120)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            raise
+            process.wait(10)
+    stderr = process.stderr.read() if process.stderr else ""
+    assert process.returncode != -signal.SIGKILL, f"Ctrl-C did not stop it: {stderr[-2000:]}"
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
     return trials
