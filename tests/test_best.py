@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -168,3 +169,75 @@ def test_best_of_a_study_never_run_is_one_line(study: Path) -> None:
     assert result.returncode == 2
     assert "no trials of study 'never'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # a study, then the command line twice
+def test_mlflow_alone_has_each_trials_model_and_data_and_the_registered_winner(
+    study: Path, small_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    workdir = study.parent
+    uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("best")
+    trials = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
+    assert len(trials) == 3
+    assert len(client.search_logged_models([experiment.experiment_id])) == 3
+    for run in trials:
+        # One logged model (Keras flavour), linked to the run, with the trial on it.
+        (output,) = run.outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert model.source_run_id == run.info.run_id and model.status == "READY"
+        assert model.experiment_id == experiment.experiment_id
+        assert model.params["seed"] == "0" and model.params["backbone"] == run.data.params["backbone"]
+        assert model.tags["ablation.configuration"] == run.info.run_name
+        assert model.tags["ablation.class_names"] == "cats,dogs"
+        on_model = {m.key: m.value for m in model.metrics}
+        assert on_model["test_accuracy"] == run.data.metrics["test_accuracy"]
+        assert "val_accuracy" not in on_model  # an epoch's curve value is not the model's
+        # Three dataset inputs: the data's fingerprint, its folder, the split's size and classes.
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["test", "training", "validation"]
+        sizes = {"training": "n_train", "validation": "n_val", "test": "n_test"}
+        for context, dataset in inputs.items():
+            assert dataset.digest == run.data.params["data_sha256"]
+            assert json.loads(dataset.source) == {"uri": str(small_data)}
+            profile = json.loads(dataset.profile)
+            assert profile["num_rows"] == int(run.data.params[sizes[context]])
+            assert profile["classes"] == ["cats", "dogs"]
+
+    result = run_module("ablation.best", str(study), "--register", "cats-dogs", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "registered 'cats-dogs' version 1, alias 'champion'" in result.stdout
+    (run_id,) = re.findall(r"MLflow run (\w+)", result.stdout)
+    version = client.get_model_version_by_alias("cats-dogs", "champion")
+    assert str(version.version) == "1" and version.run_id == run_id
+    best = client.get_run(run_id)
+    assert version.tags["ablation.study"] == "best"
+    assert version.tags["ablation.configuration"] == best.info.run_name
+    assert float(version.tags["ablation.test_accuracy"]) == pytest.approx(
+        best.data.metrics["test_accuracy"], abs=1e-4
+    )
+    assert float(version.tags["ablation.val_accuracy"]) == pytest.approx(
+        best.data.metrics["model_val_accuracy"], abs=1e-4
+    )
+
+    # The registered version, through mlflow.pyfunc, on the raw test images (0-255).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        images = load_images(load_sweep(study).data)
+    served = mlflow.pyfunc.load_model("models:/cats-dogs@champion")
+    logits = np.asarray(served.predict(images.x_test.astype("float32")))
+    classes = np.argmax(logits, axis=1)
+    assert float(np.mean(classes == images.y_test)) == pytest.approx(
+        best.data.metrics["test_accuracy"]
+    )
+
+    # Registering again makes version 2 and moves the alias to it.
+    again = run_module("ablation.best", str(study), "--register", "cats-dogs", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert "version 2" in again.stdout
+    assert str(client.get_model_version_by_alias("cats-dogs", "champion").version) == "2"
+    assert len(client.search_model_versions("name = 'cats-dogs'")) == 2

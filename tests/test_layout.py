@@ -27,6 +27,7 @@ LAYERS = [
     ["models", "plan"],
     ["features"],
     ["training"],
+    ["lineage"],
     ["tracking", "storage"],
     ["trial", "importance", "figures"],
     ["isolation"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,12 +11,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
 
+from ablation.config import load_sweep
+from ablation.data import load_images
 from ablation.ui import mlflow_server
-from conftest import load_study
+from conftest import load_study, run_module
 
 pytestmark = pytest.mark.slow  # workers and machines on the command line, training a grid
 
@@ -69,6 +74,9 @@ def assert_grid_done_once(study: optuna.Study, client: MlflowClient) -> list:  #
             "accuracy_curves.png",
             "model.keras",
         }
+        (output,) = run.outputs.model_outputs  # the trial's logged model, and its data
+        assert client.get_logged_model(output.model_id).source_run_id == run.info.run_id
+        assert len(run.inputs.dataset_inputs) == 3
     return children
 
 
@@ -130,6 +138,20 @@ def test_two_machines_on_postgres_and_an_mlflow_server(
         finish(*machines)
         study = optuna.load_study(study_name="scale", storage=optuna_url)
         assert_grid_done_once(study, MlflowClient(tracking_uri=server))
+        # The winner goes to the server's registry and loads back through mlflow.pyfunc.
+        stores = ["--set", f"study.storage={optuna_url}", "--set", f"tracking.uri={server}"]
+        best = run_module("ablation.best", str(sweep), *stores, "--register", "scale", cwd=tmp_path)
+        assert best.returncode == 0, best.stderr[-3000:]
+        assert "registered 'scale' version 1, alias 'champion'" in best.stdout
+        (run_id,) = re.findall(r"MLflow run (\w+)", best.stdout)
+        test_accuracy = MlflowClient(server).get_run(run_id).data.metrics["test_accuracy"]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(tmp_path)
+            patch.setenv("MLFLOW_TRACKING_URI", server)
+            images = load_images(load_sweep(sweep).data)
+            served = mlflow.pyfunc.load_model("models:/scale@champion")
+            logits = np.asarray(served.predict(images.x_test.astype("float32")))
+        assert np.mean(np.argmax(logits, axis=1) == images.y_test) == pytest.approx(test_accuracy)
     # Both machines trained: each took a share of the grid.
     workers = {t.user_attrs["worker"]["pid"] for t in study.trials if "point" in t.user_attrs}
     assert len(workers) == 2

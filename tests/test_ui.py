@@ -110,6 +110,8 @@ def test_the_study_and_its_trials_appear_nested_with_test_accuracy(
     experiment = client.get_experiment_by_name("ui-exp")
     trials = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
     expected = {run.info.run_name: run.data.metrics["test_accuracy"] for run in trials}
+    digests = {run.data.params["data_sha256"] for run in trials}
+    assert len(digests) == 1
     assert sorted(expected) == ["cnn s0", "cnn+aug(0.2) s0"]
     assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in ui
 
@@ -138,17 +140,33 @@ def test_the_study_and_its_trials_appear_nested_with_test_accuracy(
 
             names = page.locator("[row-index] [col-id='attributes.`Run Name`']")
             accuracies = page.locator("[row-index] [col-id='metrics.`test_accuracy`']")
-            shown = {}
+            shown, datasets, models = {}, {}, {}
             for index in range(names.count()):
                 row = names.nth(index).evaluate(
                     "e => e.closest('[row-index]').getAttribute('row-index')"
                 )
-                cell = page.locator(f"[row-index='{row}'] [col-id='metrics.`test_accuracy`']")
-                shown[names.nth(index).inner_text().split("\n")[-1]] = cell.first.inner_text()
+                name = names.nth(index).inner_text().split("\n")[-1]
+                cells = page.locator(f"[row-index='{row}']")
+                shown[name] = cells.locator("[col-id='metrics.`test_accuracy`']").first.inner_text()
+                datasets[name] = cells.locator("[col-id='attributes.`Dataset`']").first.inner_text()
+                models[name] = cells.locator("[col-id='attributes.`Models`']").first.inner_text()
             assert accuracies.count() == 3
             assert shown["ui-study"] == "-"  # the study's own run has no test accuracy
             for name, value in expected.items():
                 assert float(shown[name]) == pytest.approx(value, abs=1e-3)
+            # Each trial's data (Dataset column) and its logged model (Models column).
+            (digest,) = digests
+            for name in expected:
+                for context in ("training", "validation", "test"):
+                    assert f"cats_and_dogs-{context} ({digest})" in datasets[name], datasets
+                assert models[name].strip() == "model", models
+            assert models["ui-study"].strip() == "-"
+            # The experiment's Models tab lists them, each from its trial's run.
+            page.goto(ui.split("#")[0] + f"#/experiments/{experiment.experiment_id}/models")
+            for name in expected:
+                page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+            assert page.get_by_text("Ready", exact=True).count() == len(expected)
+            page.screenshot(path=str(tmp_path / "mlflow-models.png"))
         except Exception:
             page.screenshot(path=str(screenshot))
             print(f"screenshot of the failing page: {screenshot}")

@@ -11,7 +11,7 @@ or from Python::
 
 The data flow is the module layout: ``factors`` and ``config`` (sweep file) ->
 ``space`` (search space) -> ``data`` (tf.data pipeline) -> ``models`` ->
-``features`` -> ``training`` -> ``tracking`` (MLflow) and ``storage`` (Optuna) ->
+``features`` -> ``training`` -> ``lineage`` and ``tracking`` (MLflow) and ``storage`` (Optuna) ->
 ``trial`` -> ``isolation`` -> ``study`` -> ``run`` (command line); then
 ``analysis`` -> ``report``, ``best`` and ``ui``. ``records`` names what a trial
 comes to (its states, its MLflow record) for all of them.

@@ -4,6 +4,7 @@ Usage::
 
     python -m ablation.best sweeps/beyond.yaml                 # prints it, writes beyond-best.keras
     python -m ablation.best sweeps/beyond.yaml -o cats_vs_dogs.keras
+    python -m ablation.best sweeps/beyond.yaml --register cats-vs-dogs   # + MLflow's registry
 
 The best trial is the COMPLETE trial whose saved model has the highest validation
 accuracy (ties: the earlier trial). Its test accuracy is printed, never used to
@@ -14,6 +15,13 @@ included, and gives one logit per class::
     import keras, numpy as np
     model = keras.saving.load_model("beyond-best.keras")
     logits = model.predict(np.zeros((1, 160, 160, 3), "float32"), verbose=0)   # shape (1, 2)
+
+``--register NAME`` also makes the trial's logged model (MLflow's Keras flavour) a
+new version of the registered model ``NAME``, tagged with the study, configuration
+and accuracies, and moves the alias (``--alias``, default ``champion``) to it::
+
+    import mlflow
+    model = mlflow.pyfunc.load_model("models:/cats-vs-dogs@champion")
 
 Example:
     >>> from ablation.records import TrialRecord, TrialState
@@ -38,7 +46,7 @@ from ablation import space
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import load_sweep
 from ablation.errors import UserError, first_line
-from ablation.records import ParamName, TrialRecord, TrialState
+from ablation.records import DEFAULT_ALIAS, ParamName, TagName, TrialRecord, TrialState
 from ablation.tracking import read_study
 
 
@@ -63,6 +71,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output",
         type=Path,
         help="where to write the model (a .keras file); default STUDY-best.keras",
+    )
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="also register the trial's logged model as a new version of NAME in MLflow",
+    )
+    parser.add_argument(
+        "--alias",
+        default=DEFAULT_ALIAS,
+        help=f"the alias moved to the new version (with --register; default {DEFAULT_ALIAS})",
     )
     return parser.parse_args(argv)
 
@@ -112,6 +130,19 @@ def _main(args: argparse.Namespace) -> int:
         f"wrote {output}: RGB images {input_shape[1]}x{input_shape[2]} (0-255) in, "
         f"one logit per class out ({', '.join(f'{i}={c}' for i, c in enumerate(classes))})"
     )
+    if args.register:
+        tags = {
+            TagName.STUDY: sweep.study.name,
+            TagName.CONFIGURATION: space.label(best.params, best.seed),
+            TagName.SEED: str(best.seed),
+            TagName.VAL_ACCURACY: f"{best.model_val_accuracy:.4f}",
+            TagName.TEST_ACCURACY: f"{best.test_accuracy:.4f}",
+            TagName.RUN: best.run_id,
+            TagName.CLASS_NAMES: ",".join(classes),
+        }
+        version = tracker.register_model(best.run_id, args.register, args.alias, tags)
+        uri = f"models:/{args.register}@{args.alias}"
+        print(f"registered {args.register!r} version {version}, alias {args.alias!r}: {uri}")
     return 0
 
 

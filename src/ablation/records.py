@@ -69,6 +69,13 @@ class TagName:
     CACHED_FEATURES = "ablation.cached_features"
     ERROR = "error"
     PARENT = "mlflow.parentRunId"
+    # On a trial's logged model and on a registered model version:
+    CLASS_NAMES = "ablation.class_names"  # in output order
+    SEED = "ablation.seed"
+    CONFIGURATION = "ablation.configuration"  # the trial's label, e.g. "cnn+aug(0.2) s0"
+    VAL_ACCURACY = "ablation.val_accuracy"  # of the saved model: what chose it
+    TEST_ACCURACY = "ablation.test_accuracy"
+    RUN = "ablation.run_id"
 
 
 ROLE_STUDY = "study"
@@ -78,6 +85,11 @@ ARTIFACT_SWEEP = "sweep.yaml"
 ARTIFACT_CURVES = "accuracy_curves.png"
 ARTIFACT_MODEL = "model.keras"
 ARTIFACT_REPORT_DIR = "report"
+ARTIFACT_LOGGED_MODEL = "model"  # the trial's MLflow LoggedModel (Keras flavour), by name
+
+# A trial's dataset inputs: the split (as Images names it) -> MLflow's dataset context.
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+DEFAULT_ALIAS = "champion"  # the alias `ablation.best --register` moves to its version
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,11 @@ records; the client and the record layout (:mod:`ablation.records`) stay in here
 
 A trial's run holds its factors and identity (seed, epochs, dataset and weights
 hashes) as params, the per-epoch ``accuracy``, ``loss``, ``val_accuracy``,
-``val_loss`` (``step`` = epoch), the final ``test_accuracy``/``test_loss``, and
-two artifacts: ``accuracy_curves.png`` and ``model.keras``.
+``val_loss`` (``step`` = epoch), the final ``test_accuracy``/``test_loss``, two
+artifacts: ``accuracy_curves.png`` and ``model.keras``, and MLflow's own records
+(:mod:`ablation.lineage`): the model as a LoggedModel, the splits as dataset inputs.
 
-Example::
-
-    tracker = Tracker(sweep.tracking, sweep.experiment_name)
-    parent_id = tracker.study_run("blog", {"sampler": "grid"}, sweep_yaml="...")
-    run_id = tracker.start_trial(parent_id, study_name="blog", number=0, name="cnn s0",
-                                 params={"backbone": "cnn", "seed": 0})
-    tracker.log_epoch(run_id, 0, {"accuracy": 0.5, "val_accuracy": 0.5})
+Usage: ``study_run``, then per trial ``start_trial``, ``log_epoch``, ``complete_trial``.
 """
 
 from __future__ import annotations
@@ -30,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ablation.config import Sweep, Tracking
 from ablation.errors import UserError, first_line
 from ablation.factors import Factor
+from ablation.lineage import check_reachable, dataset_inputs, log_keras_model, register
 from ablation.records import (
     ARTIFACT_CURVES,
     ARTIFACT_MODEL,
@@ -50,6 +46,7 @@ if TYPE_CHECKING:
     import keras
     from matplotlib.figure import Figure
 
+    from ablation.data import Images
     from ablation.training import TrainingResult
 
 
@@ -190,8 +187,9 @@ class Tracker:
         }
         if result.fine_tune_from is not None:
             metrics[MetricName.FINE_TUNE_FROM_EPOCH] = result.fine_tune_from + 1
-        self._log_metrics(run_id, metrics, step=0)
         self.client.log_figure(run_id, figure, ARTIFACT_CURVES)
+        model_id = self.log_model(run_id, model, result.test_accuracy, result.epochs_run)
+        self._log_metrics(run_id, metrics, step=0, model_id=model_id)  # the model's too
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / ARTIFACT_MODEL
             model.save(path)
@@ -199,6 +197,19 @@ class Tracker:
         cached = ",".join(result.cached_splits) or "none"
         self.client.set_tag(run_id, TagName.CACHED_FEATURES, cached)
         self._end_trial(run_id, TrialState.COMPLETE)
+
+    def log_model(self, run_id: str, model: keras.Model, test_accuracy: float, step: int) -> str:
+        """The trial's model as a Keras-flavour LoggedModel of its run; returns the model id."""
+        run = self.client.get_run(run_id)
+        return log_keras_model(self.client, run, model, test_accuracy=test_accuracy, step=step)
+
+    def log_datasets(self, run_id: str, images: Images) -> None:
+        """The trial's train, validation and test splits as the run's dataset inputs."""
+        self.client.log_inputs(run_id, datasets=dataset_inputs(images, redact(images.source)))
+
+    def register_model(self, run_id: str, name: str, alias: str, tags: Mapping[str, str]) -> str:
+        """A new version of ``name`` from a trial's logged model, ``alias`` on it (UserError)."""
+        return register(self.client, run_id, name, alias=alias, tags=tags)
 
     def prune_trial(self, run_id: str, epochs_run: int) -> None:
         """End a trial's run that the pruner stopped after ``epochs_run`` epochs."""
@@ -306,13 +317,14 @@ class Tracker:
 
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
-    def _log_metrics(self, run_id: str, metrics: Mapping[str, float], *, step: int) -> None:
+    def _log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], *, step: int, model_id: str | None = None
+    ) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-        )
+        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
 
 
 def _is_running(run: Any) -> bool:
@@ -336,15 +348,3 @@ def read_study(sweep: Sweep) -> tuple[Tracker, str | None, list[TrialRecord]]:
         )
     return tracker, parent_id, records
 
-
-def check_reachable(uri: str) -> None:
-    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10)
-    except requests.RequestException as exc:
-        reason = type(exc).__name__
-        raise UserError(f"tracking.uri: MLflow server {uri!r} does not answer ({reason})") from None

@@ -84,6 +84,7 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
 
     tracker = Tracker(spec.sweep.tracking, spec.sweep.experiment_name)
     trial = optuna.trial.Trial(open_study(spec.sweep), spec.trial_id)
+    tracker.log_datasets(spec.run_id, images)
     epochs_run = 0
     started = time.perf_counter()
 

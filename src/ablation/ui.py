@@ -8,7 +8,8 @@ Usage::
 It starts ``mlflow ui`` on the sweep's SQLite store (with one worker: enough for
 one person, and light on a laptop), prints the address of the study's runs in
 the "Model training" view (where the trials are nested under the study's run),
-and stops the server, with every process it started, on Ctrl-C. A sweep whose
+and stops the server, with every process it started, on Ctrl-C, ``kill`` (SIGTERM)
+or a closed terminal (SIGHUP). A sweep whose
 ``tracking.uri`` is already a server just gets that server's address.
 """
 
@@ -140,6 +141,22 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end the command as Ctrl-C does, so the server's group is stopped.
+
+    The first of them (or Ctrl-C) unwinds :func:`serve`; later ones are ignored, so
+    that a second ``kill`` cannot cut the server's clean-up short.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def experiment_id(sweep: Sweep) -> str:
     return Tracker.existing(sweep.tracking, sweep.experiment_name).experiment_id
 
@@ -150,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     configure_logging(args.debug)
+    stop_on_signals()
     try:
         sweep = load_sweep(args.sweep, args.overrides)
         experiment = experiment_id(sweep)
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{redact(runs_view(base_url, experiment))}",
                 flush=True,
             )
-            print("Ctrl-C stops it.", flush=True)
+            print("Ctrl-C (or SIGTERM, SIGHUP) stops it.", flush=True)
             while True:
                 time.sleep(3600)
     except UserError as exc:
