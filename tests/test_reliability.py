@@ -197,7 +197,7 @@ def test_a_killed_trial_fails_alone_and_is_retried(tmp_path: Path, small_data: P
     assert_every_point_complete_once(tmp_path)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sighup"])
 def test_ctrl_c_stops_the_trial_and_says_how_to_resume(
     tmp_path: Path, small_data: Path, how: str
 ) -> None:
@@ -207,6 +207,8 @@ def test_ctrl_c_stops_the_trial_and_says_how_to_resume(
     trial_processes = children(process.pid)
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)  # what a terminal sends to the whole group
+    elif how == "sighup":
+        os.killpg(process.pid, signal.SIGHUP)  # a closed terminal, to the whole group
     else:
         process.terminate()  # what kill and job schedulers send, to the study's process only
     stdout, stderr = process.communicate(timeout=300)

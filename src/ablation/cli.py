@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from ablation.errors import UserError
@@ -44,3 +45,19 @@ def user_error(exc: UserError, debug: bool) -> int:
         raise exc
     print(f"error: {exc}", file=sys.stderr)
     return 2
+
+
+def stop_on_signals() -> None:
+    """``kill`` (SIGTERM) and a closed terminal (SIGHUP) stop a command as Ctrl-C does:
+    ``KeyboardInterrupt`` unwinds it, so what it started is stopped and recorded.
+
+    Later signals are ignored, so that a second one cannot cut that clean-up short.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)

@@ -78,8 +78,10 @@ def run_trial_isolated(
 
 def _child_main(spec: TrialSpec, images_file: str, sender: Any, parent_pid: int) -> None:
     """Entry point of a trial's process."""
-    # Ctrl-C is the parent's to handle: it stops this process and records the trial.
+    # Ctrl-C and a closed terminal are the parent's to handle: it stops this process
+    # and records the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     redact_output()
     _exit_with_parent(parent_pid)
 

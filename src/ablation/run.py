@@ -17,7 +17,6 @@ Exit codes: 0 done, 1 some trials failed, 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 
@@ -30,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ablation.cli import configure_logging, sweep_parser, user_error
+from ablation.cli import configure_logging, stop_on_signals, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 from ablation.plan import plan, stores
@@ -166,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.debug)
-    _stop_on_sigterm()
+    stop_on_signals()  # the running trials are recorded as interrupted and run again
     # Piped output (CI logs) gets a wide plain table instead of rich's 80-column default.
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
@@ -226,16 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
-
-
-def _stop_on_sigterm() -> None:
-    """``kill`` or a job scheduler's SIGTERM stops the study as Ctrl-C does: the running
-    trial is recorded as interrupted and runs again when the command is run again."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ablation.cli import configure_logging, sweep_parser, user_error
+from ablation.cli import configure_logging, stop_on_signals, sweep_parser, user_error
 from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 from ablation.redaction import redact
@@ -139,22 +139,6 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP end the command as Ctrl-C does, so the server's group is stopped.
-
-    The first of them (or Ctrl-C) unwinds :func:`serve`; later ones are ignored, so
-    that a second ``kill`` cannot cut the server's clean-up short.
-    """
-
-    def stop(signum: int, frame: object) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
 
 
 def experiment_id(sweep: Sweep) -> str:
