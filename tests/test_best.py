@@ -85,7 +85,14 @@ def test_best_is_chosen_on_validation_never_on_test() -> None:
         # A complete trial without the saved model's accuracy cannot be chosen.
         ([record("unknown", 1, None, 1.0), record("known", 2, 0.10, 0.0)], "known"),
     ],
-    ids=["test-ignored", "test-ignored-reversed", "three-way-tie", "trial-0", "saved-model", "none"],
+    ids=[
+        "test-ignored",
+        "test-ignored-reversed",
+        "three-way-tie",
+        "trial-0",
+        "saved-model",
+        "none",
+    ],
 )
 def test_best_record_hand_picked(records: list[TrialRecord], winner: str) -> None:
     best = best_record(records)

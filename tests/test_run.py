@@ -24,7 +24,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "grid of 12 configuration(s) x 2 seed(s) = 24 trial(s), 20 epoch(s) each" in lines[0]
-    assert len(lines) == 13
+    assert len(lines) == 14 and lines[1].startswith("data: https://")
     for name in ("model1", "model2", "model3", "model4"):
         assert sum(f"[{name}]" in line for line in lines) == 1
     assert not (tmp_path / "mlruns").exists()

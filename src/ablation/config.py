@@ -128,11 +128,25 @@ class Data(_Section):
     image_size: tuple[PositiveInt, PositiveInt] = (160, 160)
     batch_size: PositiveInt = 32
     limit_per_class: PositiveInt | None = None
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="of validation/ (or, class folders only, of each class)"
+    )
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="class folders only: of each class, for validation"
+    )
     split_seed: int = 0
     cache_dir: str | None = Field(
         None, description="where decoded images are kept between runs; default mlruns/cache"
     )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_images(self) -> Data:
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"validation_fraction ({self.validation_fraction}) + test_fraction "
+                f"({self.test_fraction}) must be below 1: the rest is the training set"
+            )
+        return self
 
 
 class Train(_Section):
@@ -211,6 +225,19 @@ class Tracking(_Section):
         if uri.startswith("sqlite:///"):
             return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
         return None
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise UserError(f"tracking.uri: MLflow server {uri!r} does not answer ({reason})") from None
 
 
 class Sweep(_Section):
