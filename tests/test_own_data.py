@@ -99,28 +99,26 @@ def _write(path: Path, mode: str, fmt: str) -> None:
     Image.new(mode, (40, 30), colour).save(path, format=fmt)
 
 
-def test_a_messy_folder_runs_with_the_bad_files_named(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    root = tmp_path / "messy"
+def messy_folder(root: Path) -> Path:
+    """Two classes (a space, non-ASCII letters) of PNG (greyscale, RGBA), BMP, GIF and JPEG,
+    plus an empty file, a text file named .jpg and a README."""
+    kinds = [("L", "PNG", "png"), ("RGBA", "PNG", "png"), ("RGB", "BMP", "bmp")]
+    kinds += [("P", "GIF", "gif"), ("RGB", "JPEG", "jpg")]
     for name in ("red roses", "ромашка"):
-        for index, (mode, fmt, ext) in enumerate(
-            [
-                ("L", "PNG", "png"),
-                ("RGBA", "PNG", "png"),
-                ("RGB", "BMP", "bmp"),
-                ("P", "GIF", "gif"),
-                ("RGB", "JPEG", "jpg"),
-            ]
-        ):
+        for index, (mode, fmt, ext) in enumerate(kinds):
             _write(root / name / f"{mode.lower()}{index}.{ext}", mode, fmt)
     (root / "red roses" / "empty.jpg").write_bytes(b"")
     (root / "red roses" / "notes.jpg").write_text("this is text")
     (root / "ромашка" / "README.md").write_text("# about these photos")
+    return root
+
+
+def test_a_messy_folder_loads_with_the_bad_files_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = messy_folder(tmp_path / "messy")
     with caplog.at_level(logging.WARNING, logger="ablation.data"):
-        images = load_images(
-            Data(source=str(root), image_size=(24, 24), validation_fraction=0.2, test_fraction=0.2)
-        )
+        images = load_images(Data(source=str(root), image_size=(24, 24)))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "skipped 3 file(s)" in warnings[0]
     for bad in ("empty.jpg", "notes.jpg", "README.md"):
@@ -128,8 +126,31 @@ def test_a_messy_folder_runs_with_the_bad_files_named(
     assert images.class_names == ["red roses", "ромашка"]
     assert sum(len(y) for y in (images.y_train, images.y_val, images.y_test)) == 10
     assert images.x_train.shape[1:] == (24, 24, 3) and images.x_train.dtype == np.uint8
-    grey = images.x_train[images.y_train == 0][0]  # the first file of a class is greyscale
-    assert grey.shape == (24, 24, 3)
+
+
+@pytest.mark.slow
+def test_a_messy_folder_runs_a_study(tmp_path: Path) -> None:
+    root = messy_folder(tmp_path / "messy")
+    sweep = tmp_path / "messy.yaml"
+    sweep.write_text(
+        "study: {name: messy, sampler: grid, seeds: [0], isolation: none}\n"
+        f"data: {{source: '{root}', image_size: [32, 32], batch_size: 4}}\n"
+        "train: {epochs: 1}\nspace: {backbone: {choice: [cnn]}}\n"
+        "tracking: {experiment: messy}\n"
+    )
+    result = run_module("ablation.run", str(sweep), cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "class folders only" in result.stdout.splitlines()[1]
+    assert "skipped 3 file(s)" in result.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("messy").experiment_id], "tags.`ablation.role` = 'trial'"
+    )
+    params = run.data.params
+    assert [params[f"n_{split}"] for split in ("train", "val", "test")] == ["6", "2", "2"]
+    assert params["classes"] == '["red roses", "ромашка"]'
 
 
 def test_each_new_input_mistake_is_one_clear_line(tmp_path: Path) -> None:

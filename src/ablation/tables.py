@@ -6,9 +6,9 @@ text (``mean ± sd``, short run ids) where it is shown.
 
 Example:
     >>> confusion_frame({"class_names": ["cat", "dog"], "counts": [[3, 1], [0, 4]]})
-      true \\ predicted  cat  dog
-    0               cat    3    1
-    1               dog    0    4
+      true / predicted  cat  dog
+    0              cat    3    1
+    1              dog    0    4
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def confusion_frame(confusion: Confusion) -> pd.DataFrame:
 
     names = list(confusion["class_names"])
     rows = [
-        {"true \\ predicted": name, **dict(zip(names, counts, strict=True))}
+        {"true / predicted": name, **dict(zip(names, counts, strict=True))}
         for name, counts in zip(names, confusion["counts"], strict=True)
     ]
     return pd.DataFrame(rows)
