@@ -152,7 +152,7 @@ def trial_frame(
             "trial": record.number,
             "configuration": space.label(record.params),
         }
-        entry |= {name: record.params.get(name) for name in factors}
+        entry |= {name: record.params.get(name, "" if numeric else "—") for name in factors}
         entry |= {"seed": record.seed, "state": record.state.value}
         for name in metric_names if numeric else TRIAL_METRICS_SHOWN:
             value = record.metrics.get(name)

@@ -254,6 +254,7 @@ class Tracker:
 
     def download(self, run_id: str, path: str, directory: str) -> Path | None:
         """A run's artifact (file or folder) downloaded into ``directory``; None if absent."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not on stderr
         try:
             return Path(self.client.download_artifacts(run_id, path, directory))
         except Exception:  # MLflow raises several kinds for a missing artifact
