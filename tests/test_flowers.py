@@ -142,7 +142,7 @@ def test_the_report_needs_only_mlflow(study, tmp_path: Path) -> None:  # type: i
         for name, value in run.data.metrics.items():
             assert trials.loc[row.Index, name] == pytest.approx(value)
     classes = pd.read_csv(csv_dir / "results.classes.csv")
-    assert classes["class"].tolist() == CLASSES and classes["test images"].tolist() == [15] * 5
+    assert classes["class"].tolist() == CLASSES and classes["test_images"].tolist() == [15] * 5
     for name in ("ablation", "importance", "confusion"):
         assert not pd.read_csv(csv_dir / f"results.{name}.csv").empty
 

@@ -174,7 +174,7 @@ def broken_data(tmp_path_factory: pytest.TempPathFactory, small_data: Path) -> d
         (["study.sampler=bayes"], "study.sampler: Input should be 'grid', 'tpe' or 'random'"),
         (["study.pruner=hyperband"], "study.pruner: Input should be 'none' or 'median'"),
         (["space.augment.choice=[]"], "space.augment.choice: List should have at least 1 item"),
-        (["data.source={flat}"], "has no train/ and validation/ folders"),
+        (["data.source={flat}"], "flat has 1 class folder(s); a classifier needs at least two"),
         (["data.source={one-class}"], "has 1 class folder(s); a classifier needs at least two"),
         (["data.source={empty-class}"], "train/dogs has no images"),
         (

@@ -146,10 +146,12 @@ def list_images(
     first = root / folders[0]
     class_names = [p.name for p in _folders(first)]
     if len(class_names) < 2:
-        expected = "" if folders[0] else " (or train/ and validation/, optionally test/)"
+        expected = "one sub-folder per class"
+        if not folders[0]:
+            expected += ", or train/ and validation/ (and test/) each holding them"
         raise UserError(
             f"data: {first} has {len(class_names)} class folder(s); "
-            f"a classifier needs at least two (one sub-folder per class){expected}"
+            f"a classifier needs at least two ({expected})"
         )
     files: dict[str, list[tuple[Path, int]]] = {}
     skipped: list[Path] = []

@@ -174,11 +174,12 @@ def class_frame(confusion: Confusion, *, numeric: bool) -> pd.DataFrame:
     rows = []
     for index, (name, accuracy) in enumerate(zip(names, class_accuracies(counts), strict=True)):
         shown = accuracy if numeric or accuracy is None else f"{accuracy:.3f}"
+        images, recall = ("test_images", "test_acc") if numeric else ("images", "test acc (recall)")
         rows.append(
             {
                 "class": name,
-                "test images": sum(counts[index]) // runs,
-                "test acc (recall)": shown,
+                images: sum(counts[index]) // runs,
+                recall: shown,
                 "majority": index == majority,
             }
         )
