@@ -147,5 +147,5 @@ def test_the_report_needs_only_mlflow(study, tmp_path: Path) -> None:  # type: i
         assert not pd.read_csv(csv_dir / f"results.{name}.csv").empty
 
     markdown = (tmp_path / "markdown" / "results.markdown").read_text()
-    assert "| chance (always 'daisy')" in markdown and "0.200" in markdown
+    assert "| chance (always 'daisy', tied with 4)" in markdown and "0.200" in markdown
     assert "test accuracy per class" in markdown and "### Trials" in markdown

@@ -79,8 +79,9 @@ def chance_row(frame: pd.DataFrame, confusion: Confusion | None) -> pd.DataFrame
         return frame
     majority, accuracy = chance_level(confusion["counts"])
     name = confusion["class_names"][majority]
+    tied = len(_majorities(confusion["counts"])) - 1
     row = {column: "" for column in frame.columns}
-    row["configuration"] = f"chance (always {name!r})"
+    row["configuration"] = f"chance (always {name!r}" + (f", tied with {tied})" if tied else ")")
     row["test acc"] = f"{accuracy:.3f}"
     return pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
 
@@ -170,7 +171,7 @@ def class_frame(confusion: Confusion, *, numeric: bool) -> pd.DataFrame:
 
     counts, names = confusion["counts"], confusion["class_names"]
     runs = int(confusion.get("runs", 1))
-    majority, _ = chance_level(counts)
+    majorities = _majorities(counts)
     rows = []
     for index, (name, accuracy) in enumerate(zip(names, class_accuracies(counts), strict=True)):
         shown = accuracy if numeric or accuracy is None else f"{accuracy:.3f}"
@@ -180,7 +181,7 @@ def class_frame(confusion: Confusion, *, numeric: bool) -> pd.DataFrame:
                 "class": name,
                 images: sum(counts[index]) // runs,
                 recall: shown,
-                "majority": index == majority,
+                "majority": index in majorities,
             }
         )
     return pd.DataFrame(rows)
@@ -196,6 +197,12 @@ def confusion_frame(confusion: Confusion) -> pd.DataFrame:
         for name, counts in zip(names, confusion["counts"], strict=True)
     ]
     return pd.DataFrame(rows)
+
+
+def _majorities(counts: Sequence[Sequence[int]]) -> list[int]:
+    """The classes with the most test images (several where they tie)."""
+    sizes = [sum(row) for row in counts]
+    return [index for index, size in enumerate(sizes) if size == max(sizes)]
 
 
 def _mean_sd(mean: float, sd: float | None) -> str:
