@@ -13,7 +13,9 @@ DEPENDENTS = {"augment": {"rotation"}, "rotation": set(), "backbone": set()}
 
 
 def record(run: str, seed: int, test: float, state: str = "COMPLETE", **params) -> TrialRecord:  # type: ignore[no-untyped-def]
-    return TrialRecord(run, params, seed, TrialState(state), best_val_accuracy=test + 0.01, test_accuracy=test)
+    return TrialRecord(
+        run, params, seed, TrialState(state), best_val_accuracy=test + 0.01, test_accuracy=test
+    )
 
 
 RECORDS = [
@@ -53,7 +55,9 @@ def test_effects_are_means_of_matched_pairs_with_t_intervals() -> None:
     assert augment.interval == pytest.approx((interval.low, interval.high))
     assert augment.interval == pytest.approx((-0.0025033, 0.0425033), abs=1e-6)
     assert "from 4 pairs" in augment.verdict()
-    assert augment.verdict() == "+2.0 points [-0.3, +4.3] from 4 pairs: not distinguishable from zero"
+    assert (
+        augment.verdict() == "+2.0 points [-0.3, +4.3] from 4 pairs: not distinguishable from zero"
+    )
 
     rotation = effects[("rotation", 0.2)]
     assert rotation.differences == pytest.approx([0.61 - 0.64])  # only cnn seed 0 has both

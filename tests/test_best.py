@@ -86,7 +86,14 @@ def test_best_is_chosen_on_validation_never_on_test() -> None:
         # A complete trial without the saved model's accuracy cannot be chosen.
         ([record("unknown", 1, None, 1.0), record("known", 2, 0.10, 0.0)], "known"),
     ],
-    ids=["test-ignored", "test-ignored-reversed", "three-way-tie", "trial-0", "saved-model", "none"],
+    ids=[
+        "test-ignored",
+        "test-ignored-reversed",
+        "three-way-tie",
+        "trial-0",
+        "saved-model",
+        "none",
+    ],
 )
 def test_best_record_hand_picked(records: list[TrialRecord], winner: str) -> None:
     best = best_record(records)
@@ -192,7 +199,7 @@ def test_mlflow_alone_has_each_trials_model_and_data_and_the_registered_winner(
         assert model.experiment_id == experiment.experiment_id
         assert model.params["seed"] == "0" and model.params["backbone"] == run.data.params["backbone"]
         assert model.tags["ablation.configuration"] == run.info.run_name
-        assert model.tags["ablation.class_names"] == "cats,dogs"
+        assert json.loads(model.tags["ablation.class_names"]) == ["cats", "dogs"]
         on_model = {m.key: m.value for m in model.metrics}
         assert on_model["test_accuracy"] == run.data.metrics["test_accuracy"]
         assert "val_accuracy" not in on_model  # an epoch's curve value is not the model's

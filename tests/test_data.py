@@ -92,7 +92,9 @@ def test_data_errors_say_what_is_wrong(tmp_path: Path) -> None:
 
     assert "is not a directory" in message(tmp_path / "missing")
     (tmp_path / "flat").mkdir()
-    assert "has no train/ and validation/ folders" in message(tmp_path / "flat")
+    assert "flat has 0 class folder(s); a classifier needs at least two" in message(
+        tmp_path / "flat"
+    )
 
     one = copy_images(tmp_path / "one", per_class=2)
     shutil.rmtree(one / "train" / "dogs")
@@ -120,12 +122,13 @@ def test_url_source_is_downloaded_once_with_get_file(small_data: Path, tmp_path:
         for path in sorted(small_data.rglob("*.jpg")):
             zipped.write(path, Path("cats_and_dogs_filtered") / path.relative_to(small_data))
     cache = tmp_path / "cache"
-    root = resolve_source(archive.as_uri(), cache_dir=str(cache))
+    root, layout = resolve_source(archive.as_uri(), cache_dir=str(cache))
+    assert layout == "train+validation"
     assert root.name == "cats_and_dogs_filtered"
     assert (root / "train" / "cats" / "cat.1.jpg").is_file()
     assert root.is_relative_to(cache)
     archive.unlink()  # a second resolve uses the cache, not the (now gone) origin
-    assert resolve_source(archive.as_uri(), cache_dir=str(cache)) == root
+    assert resolve_source(archive.as_uri(), cache_dir=str(cache)) == (root, layout)
 
 
 def test_unreachable_url_is_one_clear_error(tmp_path: Path) -> None:

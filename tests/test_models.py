@@ -58,9 +58,15 @@ CNN_LAYERS = [
 
 
 def test_blog_model1_to_model3_are_the_small_cnn_with_the_blog_extras() -> None:
-    model1 = build_model(configuration(BLOG_MODELS["model1"]), image_size=(160, 160), num_classes=2).model
-    model2 = build_model(configuration(BLOG_MODELS["model2"]), image_size=(160, 160), num_classes=2).model
-    model3 = build_model(configuration(BLOG_MODELS["model3"]), image_size=(160, 160), num_classes=2).model
+    model1 = build_model(
+        configuration(BLOG_MODELS["model1"]), image_size=(160, 160), num_classes=2
+    ).model
+    model2 = build_model(
+        configuration(BLOG_MODELS["model2"]), image_size=(160, 160), num_classes=2
+    ).model
+    model3 = build_model(
+        configuration(BLOG_MODELS["model3"]), image_size=(160, 160), num_classes=2
+    ).model
     assert layer_names(model1) == ["image", *CNN_LAYERS]
     assert layer_names(model2) == ["image", "augmentation", *CNN_LAYERS]
     assert layer_names(model3) == ["image", "preprocess_mobilenet_v2", "augmentation", *CNN_LAYERS]
@@ -75,7 +81,9 @@ def test_blog_model1_to_model3_are_the_small_cnn_with_the_blog_extras() -> None:
 
 
 def test_blog_model4_is_frozen_mobilenet_v2_with_max_pooling_head() -> None:
-    model4 = build_model(configuration(BLOG_MODELS["model4"]), image_size=(160, 160), num_classes=2).model
+    model4 = build_model(
+        configuration(BLOG_MODELS["model4"]), image_size=(160, 160), num_classes=2
+    ).model
     assert layer_names(model4) == [
         "image",
         "preprocess_mobilenet_v2",
@@ -96,7 +104,9 @@ def test_blog_model4_is_frozen_mobilenet_v2_with_max_pooling_head() -> None:
 def test_preprocess_layer_is_mobilenet_v2_preprocess_input() -> None:
     import keras
 
-    model = build_model(Configuration(preprocess="mobilenet_v2"), image_size=(32, 32), num_classes=2).model
+    model = build_model(
+        Configuration(preprocess="mobilenet_v2"), image_size=(32, 32), num_classes=2
+    ).model
     layer = model.get_layer("preprocess_mobilenet_v2")
     x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
     expected = keras.applications.mobilenet_v2.preprocess_input(x.copy())
@@ -114,7 +124,9 @@ def test_augmentation_changes_images_only_in_training() -> None:
 
 
 def test_imagenet_weights_come_from_keras_home_and_are_fingerprinted() -> None:
-    model = build_model(Configuration(backbone="mobilenet_v2"), image_size=(160, 160), num_classes=2).model
+    model = build_model(
+        Configuration(backbone="mobilenet_v2"), image_size=(160, 160), num_classes=2
+    ).model
     file = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
     expected = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     assert weights_fingerprint((160, 160), PretrainedWeights()) == expected

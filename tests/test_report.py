@@ -99,21 +99,21 @@ def complete_runs(workdir: Path, study: str) -> dict[str, list[tuple[int, float,
     return by_label
 
 
-def csv_sections(text: str) -> dict[str, list[dict[str, str]]]:
-    sections: dict[str, list[dict[str, str]]] = {}
-    for block in text.strip().split("\n\n"):
-        title, _, body = block.partition("\n")
-        sections[title.removeprefix("# ").split(":")[0]] = list(csv.DictReader(io.StringIO(body)))
-    return sections
+def read_csv(path: Path | str) -> list[dict[str, str]]:
+    text = path.read_text() if isinstance(path, Path) else path
+    return list(csv.DictReader(io.StringIO(text)))
 
 
-def test_csv_matches_the_mlflow_records(studies) -> None:  # type: ignore[no-untyped-def]
+def test_csv_matches_the_mlflow_records(studies, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     workdir, paths = studies
-    result = report_cli(str(paths["two-seeds"]), "--format", "csv", "--no-plots", cwd=workdir)
+    out = tmp_path / "results.csv"
+    result = report_cli(
+        str(paths["two-seeds"]), "--format", "csv", "-o", str(out), "--no-plots", cwd=workdir
+    )
     assert result.returncode == 0, result.stderr
-    sections = csv_sections(result.stdout)
-    rows = {row["configuration"]: row for row in sections["configurations"]}
-    assert sorted(rows) == LABELS and len(sections["configurations"]) == 3
+    configurations = read_csv(out)
+    rows = {row["configuration"]: row for row in configurations}
+    assert sorted(rows) == LABELS and len(configurations) == 3
     records = complete_runs(workdir, "two-seeds")
     for label, runs in records.items():
         tests = [t for _, _, t in runs]
@@ -125,10 +125,11 @@ def test_csv_matches_the_mlflow_records(studies) -> None:  # type: ignore[no-unt
             abs(tests[0] - tests[1]) / np.sqrt(2)
         )
         assert float(rows[label]["val_acc_mean"]) == pytest.approx((vals[0] + vals[1]) / 2)
-    order = [float(r["val_acc_mean"]) for r in sections["configurations"]]
+    order = [float(r["val_acc_mean"]) for r in configurations]
     assert order == sorted(order, reverse=True)
 
-    effects = {(r["factor"], r["level"]): r for r in sections["ablation"]}
+    ablation = read_csv(tmp_path / "results.ablation.csv")
+    effects = {(r["factor"], r["level"]): r for r in ablation}
     control = {seed: test for seed, _, test in records["cnn"]}
     differences = [
         test - control[seed]
@@ -140,9 +141,7 @@ def test_csv_matches_the_mlflow_records(studies) -> None:  # type: ignore[no-unt
     assert float(augment["effect"]) == pytest.approx(np.mean(differences))
     rotation = {seed: test for seed, _, test in records["cnn+aug(0.1)"]}
     rotation_diffs = [test - rotation[seed] for seed, _, test in records["cnn+aug(0.2)"]]
-    assert float(effects[("rotation", "0.2")]["effect"]) == pytest.approx(
-        np.mean(rotation_diffs)
-    )
+    assert float(effects[("rotation", "0.2")]["effect"]) == pytest.approx(np.mean(rotation_diffs))
     assert ("backbone", "cnn") not in effects  # a factor with one level has no effect
 
 
@@ -193,8 +192,7 @@ def test_one_seed_says_so_instead_of_a_spread(studies, monkeypatch: pytest.Monke
     assert text.count("(one seed)") == 6  # validation and test of three configurations
     rotation = next(e for e in report.effects if e.factor == "rotation" and e.level == 0.2)
     assert rotation.pairs == 1 and "too few to tell" in rotation.verdict()
-    sections = csv_sections(render(report, "csv"))
-    assert all(row["test_acc_sd"] == "" for row in sections["configurations"])
+    assert all(row["test_acc_sd"] == "" for row in read_csv(render(report, "csv")))
 
 
 @pytest.mark.parametrize(

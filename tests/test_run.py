@@ -24,7 +24,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "grid of 12 configuration(s) x 2 seed(s) = 24 trial(s), 20 epoch(s) each" in lines[0]
-    assert len(lines) == 13
+    assert len(lines) == 14 and lines[1].startswith("data: https://")
     for name in ("model1", "model2", "model3", "model4"):
         assert sum(f"[{name}]" in line for line in lines) == 1
     assert not (tmp_path / "mlruns").exists()
@@ -174,7 +174,7 @@ def broken_data(tmp_path_factory: pytest.TempPathFactory, small_data: Path) -> d
         (["study.sampler=bayes"], "study.sampler: Input should be 'grid', 'tpe' or 'random'"),
         (["study.pruner=hyperband"], "study.pruner: Input should be 'none' or 'median'"),
         (["space.augment.choice=[]"], "space.augment.choice: List should have at least 1 item"),
-        (["data.source={flat}"], "has no train/ and validation/ folders"),
+        (["data.source={flat}"], "flat has 1 class folder(s); a classifier needs at least two"),
         (["data.source={one-class}"], "has 1 class folder(s); a classifier needs at least two"),
         (["data.source={empty-class}"], "train/dogs has no images"),
         (

@@ -72,6 +72,8 @@ def assert_grid_done_once(study: optuna.Study, client: MlflowClient) -> list:  #
     for run in children:
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
             "accuracy_curves.png",
+            "confusion_matrix.json",
+            "confusion_matrix.png",
             "model.keras",
         }
         (output,) = run.outputs.model_outputs  # the trial's logged model, and its data

@@ -119,7 +119,12 @@ def test_child_runs_hold_params_curves_test_accuracy_and_artifacts(finished_stud
         correct = metrics["test_accuracy"] * n_test
         assert correct == pytest.approx(round(correct), abs=1e-4)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert artifacts == {"accuracy_curves.png", "model.keras"}
+        assert artifacts == {
+            "accuracy_curves.png",
+            "confusion_matrix.json",
+            "confusion_matrix.png",
+            "model.keras",
+        }
 
 
 def test_logged_model_reproduces_the_logged_test_accuracy(finished_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -10,11 +10,11 @@ or from Python::
     summary = run_sweep(load_sweep("sweeps/blog.yaml", overrides=["train.epochs=1"]))
 
 The data flow is the module layout: ``factors`` and ``config`` (sweep file) ->
-``space`` (search space) -> ``data`` (tf.data pipeline) -> ``models`` ->
-``features`` -> ``training`` -> ``lineage`` and ``tracking`` (MLflow) and ``storage`` (Optuna) ->
-``trial`` -> ``isolation`` -> ``study`` -> ``run`` (command line); then
-``analysis`` -> ``report``, ``best`` and ``ui``. ``records`` names what a trial
-comes to (its states, its MLflow record) for all of them.
+``space`` (search space) -> ``layout`` (the data folder) -> ``data`` (tf.data
+pipeline) -> ``models`` -> ``features`` -> ``training`` -> ``lineage`` and ``tracking``
+(MLflow) and ``storage`` (Optuna) -> ``trial`` -> ``isolation`` -> ``study`` -> ``run``
+(command line); then ``analysis`` -> ``tables`` -> ``report``, ``best`` and ``ui``.
+``records`` names what a trial comes to (its states, its MLflow record) for all of them.
 """
 
 from __future__ import annotations

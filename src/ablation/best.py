@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -46,7 +47,7 @@ from ablation import space
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import load_sweep
 from ablation.errors import UserError, first_line
-from ablation.records import DEFAULT_ALIAS, ParamName, TagName, TrialRecord, TrialState
+from ablation.records import DEFAULT_ALIAS, TagName, TrialRecord, TrialState, class_names_of
 from ablation.tracking import read_study
 
 
@@ -117,7 +118,7 @@ def _main(args: argparse.Namespace) -> int:
     configuration = space.configuration(best.params)
     shown = configuration.model_dump()
     shown["learning_rate"] = sweep.train.learning_rate_of(configuration)
-    classes = tracker.run_params(best.run_id).get(ParamName.CLASS_NAMES, "").split(",")
+    classes = class_names_of(tracker.run_params(best.run_id))
     print(
         f"best of {complete} complete trial(s) of study {sweep.study.name!r}: "
         f"{space.label(best.params, best.seed)}"
@@ -138,7 +139,7 @@ def _main(args: argparse.Namespace) -> int:
             TagName.VAL_ACCURACY: f"{best.model_val_accuracy:.4f}",
             TagName.TEST_ACCURACY: f"{best.test_accuracy:.4f}",
             TagName.RUN: best.run_id,
-            TagName.CLASS_NAMES: ",".join(classes),
+            TagName.CLASS_NAMES: json.dumps(classes, ensure_ascii=False),
         }
         version = tracker.register_model(best.run_id, args.register, args.alias, tags)
         uri = f"models:/{args.register}@{args.alias}"

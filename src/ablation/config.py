@@ -128,11 +128,25 @@ class Data(_Section):
     image_size: tuple[PositiveInt, PositiveInt] = (160, 160)
     batch_size: PositiveInt = 32
     limit_per_class: PositiveInt | None = None
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="of validation/ (or, class folders only, of each class)"
+    )
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="class folders only: of each class, for validation"
+    )
     split_seed: int = 0
     cache_dir: str | None = Field(
         None, description="where decoded images are kept between runs; default mlruns/cache"
     )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_images(self) -> Data:
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"validation_fraction ({self.validation_fraction}) + test_fraction "
+                f"({self.test_fraction}) must be below 1: the rest is the training set"
+            )
+        return self
 
 
 class Train(_Section):

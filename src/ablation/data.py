@@ -2,13 +2,15 @@
 
 ``data.source`` is either a URL of a zip archive (the blog's
 ``cats_and_dogs_filtered.zip``), downloaded once into Keras's cache with
-``keras.utils.get_file``, or a local directory. Either way the data is a folder
-with ``train/`` and ``validation/``, each holding one sub-folder per class.
+``keras.utils.get_file``, or a local directory, in one of three layouts
+(:mod:`ablation.layout`): ``train/`` + ``validation/``, the same + ``test/``, or
+class folders only.
 
 Images are decoded and resized once per process into uint8 arrays; each trial
-then gets its own shuffled view of the same arrays. The blog's validation
-folder is split once, per class and from ``data.split_seed``, into a
-validation set (used for selection) and a test set (never used for selection).
+then gets its own shuffled view of the same arrays. Where the folder has no
+``test/``, the test set is split off once, per class and from ``data.split_seed``:
+from the blog's validation folder, or, with class folders only, train, validation
+and test are all split from them. The test set is never used for selection.
 
 Example:
     >>> from ablation.config import Data
@@ -23,42 +25,39 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
-import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ablation.config import Data
-from ablation.errors import UserError, first_line
+from ablation.errors import UserError
+from ablation.layout import (
+    IMAGE_EXTENSIONS,
+    LAYOUTS,
+    Listing,
+    list_images,
+    resolve_source,
+    split_classes,
+    split_validation,
+)
 from ablation.redaction import redact
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Images",
+    "Listing",
+    "list_images",
+    "load_images",
+    "resolve_source",
+    "split_classes",
+    "split_validation",
+]
+
 BLOG_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
-FOLDERS = ("train", "validation")  # a data folder's split folders
 SPLITS = ("train", "val", "test")  # the splits a trial sees
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-@dataclass(frozen=True)
-class Listing:
-    """The files of a data folder, after ``limit_per_class``: what a study trains on."""
-
-    root: Path
-    class_names: list[str]
-    files: dict[str, list[tuple[Path, int]]]  # split -> [(path, label)]
-    skipped: list[Path] = field(default_factory=list)
-
-    def fingerprint(self) -> str:
-        """A short hash of the listing (relative names and sizes): the dataset's identity."""
-        digest = hashlib.sha256()
-        for folder in FOLDERS:
-            for path, label in self.files[folder]:
-                relative = path.relative_to(self.root).as_posix()
-                digest.update(f"{relative}\0{label}\0{path.stat().st_size}\n".encode())
-        return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -75,99 +74,11 @@ class Images:
     fingerprint: str
     source: str
     file: Path | None = None  # where these decoded images are saved, if they are
+    layout: str = "train+validation"
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """The images and labels of one of :data:`SPLITS`."""
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
-
-
-def resolve_source(source: str, cache_dir: str | None = None) -> Path:
-    """The local folder behind ``data.source``, downloading and extracting a URL once.
-
-    Raises:
-        UserError: The directory does not exist, or the URL cannot be fetched.
-    """
-    scheme = urllib.parse.urlparse(source).scheme
-    if scheme in ("http", "https", "ftp", "file"):
-        return _download(source, cache_dir)
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise UserError(
-            f"data.source: {source!r} is not a directory (give a folder with "
-            f"{'/ and '.join(FOLDERS)}/ or an http(s):// or file:// URL of a zip archive)"
-        )
-    return _find_root(root, source)
-
-
-def _download(url: str, cache_dir: str | None) -> Path:
-    import keras
-
-    if cache_dir is not None:  # get_file falls back to /tmp/.keras when the folder is missing
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    name = Path(urllib.parse.urlparse(url).path).name or "dataset.zip"
-    stem = name.split(".")[0]
-    try:
-        extracted = keras.utils.get_file(fname=stem, origin=url, extract=True, cache_dir=cache_dir)
-    except Exception as exc:  # get_file wraps network failures in a bare Exception
-        reason = getattr(exc, "reason", None) or first_line(exc)
-        raise UserError(f"data.source: cannot download {url} ({reason})") from None
-    return _find_root(Path(extracted), url)
-
-
-def _find_root(folder: Path, source: str) -> Path:
-    """``folder`` or the folder below it (as in an extracted archive) with the splits."""
-    candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
-    for candidate in candidates:
-        if all((candidate / folder).is_dir() for folder in FOLDERS):
-            return candidate
-    raise UserError(
-        f"data.source: {source!r} has no {' and '.join(f + '/' for f in FOLDERS)} folders "
-        f"(expected {'/ and '.join(FOLDERS)}/, each with one sub-folder per class)"
-    )
-
-
-def _natural_key(path: Path) -> list[object]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
-def list_images(root: Path, limit_per_class: int | None = None) -> Listing:
-    """List the class folders and image files of each split.
-
-    Files are taken in natural order (``cat.2`` before ``cat.10``), so
-    ``limit_per_class`` keeps the first N of each class in each split.
-
-    Raises:
-        UserError: Fewer than two classes, classes that differ between splits,
-            or a class folder with no images.
-    """
-    class_names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if len(class_names) < 2:
-        raise UserError(
-            f"data: {root / 'train'} has {len(class_names)} class folder(s); "
-            "a classifier needs at least two (one sub-folder per class)"
-        )
-    files: dict[str, list[tuple[Path, int]]] = {}
-    skipped: list[Path] = []
-    for split in FOLDERS:
-        found = sorted(p.name for p in (root / split).iterdir() if p.is_dir())
-        if found != class_names:
-            raise UserError(
-                f"data: {root / split} has classes {found}, but train/ has {class_names}"
-            )
-        files[split] = []
-        for label, name in enumerate(class_names):
-            entries = sorted(
-                (p for p in (root / split / name).iterdir() if p.is_file()), key=_natural_key
-            )
-            images = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
-            skipped += [p for p in entries if p.suffix.lower() not in IMAGE_EXTENSIONS]
-            if not images:
-                raise UserError(
-                    f"data: {root / split / name} has no images "
-                    f"(allowed: {', '.join(IMAGE_EXTENSIONS)})"
-                )
-            files[split] += [(p, label) for p in images[:limit_per_class]]
-    return Listing(root=root, class_names=class_names, files=files, skipped=skipped)
 
 
 def decode(paths: list[Path], image_size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
@@ -199,26 +110,6 @@ def decode(paths: list[Path], image_size: tuple[int, int]) -> tuple[np.ndarray, 
     return np.concatenate(images), failed
 
 
-def split_validation(
-    labels: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices of the validation folder, per class, into validation and test.
-
-    Deterministic in ``seed``; the two parts never overlap and, where a class has at
-    least two images, each part gets at least one of it.
-    """
-    rng = np.random.default_rng(seed)
-    val, test = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        n_test = int(round(len(members) * test_fraction))
-        if len(members) >= 2:
-            n_test = min(max(n_test, 1), len(members) - 1)
-        test.append(members[:n_test])
-        val.append(members[n_test:])
-    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
-
-
 _CACHE: dict[str, Images] = {}
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
@@ -232,6 +123,7 @@ def write_images(images: Images, path: Path) -> None:
         class_names=np.array(images.class_names),
         fingerprint=np.array(images.fingerprint),
         source=np.array(images.source),
+        layout=np.array(images.layout),
         **{name: getattr(images, name) for name in _ARRAYS},
     )
     partial.replace(path)  # atomic: a concurrent reader sees the whole file or none
@@ -244,15 +136,23 @@ def read_images(path: Path) -> Images:
             fingerprint=str(saved["fingerprint"]),
             source=str(saved["source"]),
             file=path,
+            layout=str(saved["layout"]) if "layout" in saved else "train+validation",
             **{name: saved[name] for name in _ARRAYS},
         )
 
 
 def cache_file(config: Data, listing: Listing) -> Path | None:
-    """Where the decoded images of this data, size and split are kept between runs."""
+    """Where the decoded images of this data, layout, size and split are kept between runs."""
     if config.cache_dir is None:
         return None
-    identity = (listing.fingerprint(), config.image_size, config.test_fraction, config.split_seed)
+    identity = (
+        listing.fingerprint(),
+        config.image_size,
+        config.test_fraction,
+        config.split_seed,
+        listing.layout,
+        config.validation_fraction,
+    )
     key = hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
     height, width = config.image_size
     return Path(config.cache_dir) / f"images-{height}x{width}-{key}.npz"
@@ -262,12 +162,15 @@ def load_images(config: Data) -> Images:
     """Fetch, list, decode and split the data of a sweep.
 
     Decoding happens once: the result is kept in this process and, when
-    ``data.cache_dir`` is set, in a file keyed by the data listing, image size
-    and split. Files that are not images, or that fail to decode, are skipped
-    with one warning.
+    ``data.cache_dir`` is set, in a file keyed by the data listing, layout, image
+    size and split. Files that are not images, or that fail to decode, are skipped
+    with one warning naming them.
+
+    Raises:
+        UserError: A class with no readable image, or a class missing from a split.
     """
-    root = resolve_source(config.source)
-    listing = list_images(root, config.limit_per_class)
+    root, layout = resolve_source(config.source)
+    listing = list_images(root, config.limit_per_class, layout)
     cached = cache_file(config, listing)
     key = str(cached) if cached else repr((str(root), listing.fingerprint(), config))
     if key in _CACHE:
@@ -275,43 +178,68 @@ def load_images(config: Data) -> Images:
     if cached is not None and cached.is_file():
         _CACHE[key] = read_images(cached)
         return _CACHE[key]
-
-    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    bad = list(listing.skipped)
-    for split in FOLDERS:
-        paths = [p for p, _ in listing.files[split]]
-        labels = np.array([label for _, label in listing.files[split]], dtype=np.int32)
-        x, failed = decode(paths, config.image_size)
-        bad += [paths[i] for i in failed]
-        arrays[split] = x, np.delete(labels, failed)
-    if bad:
-        names = ", ".join(str(p.relative_to(root)) for p in bad[:10])
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        log.warning("skipped %d file(s) that are not readable images: %s%s", len(bad), names, more)
-    for split, (_, y) in arrays.items():
-        missing = [n for i, n in enumerate(listing.class_names) if not np.any(y == i)]
-        if missing:
-            raise UserError(f"data: no readable images of class {missing[0]!r} in {split}/")
-
-    x_train, y_train = arrays["train"]
-    x_all_val, y_all_val = arrays["validation"]
-    val_idx, test_idx = split_validation(y_all_val, config.test_fraction, config.split_seed)
+    splits = _split(config, listing, _decode_folders(config, listing))
     images = Images(
         class_names=listing.class_names,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_all_val[val_idx],
-        y_val=y_all_val[val_idx],
-        x_test=x_all_val[test_idx],
-        y_test=y_all_val[test_idx],
+        **{f"x_{name}": x for name, (x, _) in splits.items()},
+        **{f"y_{name}": y for name, (_, y) in splits.items()},
         fingerprint=listing.fingerprint(),
         source=redact(config.source),  # kept in the cache file: never a password
+        layout=layout,
     )
     if cached is not None:
         write_images(images, cached)
         images = dataclasses.replace(images, file=cached)
     _CACHE[key] = images
     return images
+
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def _decode_folders(config: Data, listing: Listing) -> dict[str, Pair]:
+    """Each folder's decoded images and labels; unreadable files skipped and named."""
+    arrays: dict[str, Pair] = {}
+    bad = list(listing.skipped)
+    for folder in LAYOUTS[listing.layout]:
+        paths = [p for p, _ in listing.files[folder]]
+        labels = np.array([label for _, label in listing.files[folder]], dtype=np.int32)
+        x, failed = decode(paths, config.image_size)
+        bad += [paths[i] for i in failed]
+        arrays[folder] = x, np.delete(labels, failed)
+    if bad:
+        names = ", ".join(str(p.relative_to(listing.root)) for p in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        log.warning("skipped %d file(s) that are not readable images: %s%s", len(bad), names, more)
+    for folder, (_, y) in arrays.items():
+        missing = [n for i, n in enumerate(listing.class_names) if not np.any(y == i)]
+        if missing:
+            where = f"{folder}/" if folder else str(listing.root / missing[0])
+            raise UserError(f"data: no readable images of class {missing[0]!r} in {where}")
+    return arrays
+
+
+def _split(config: Data, listing: Listing, arrays: dict[str, Pair]) -> dict[str, Pair]:
+    """The train, val and test splits of the decoded folders, by the layout."""
+    if listing.layout == "train+validation+test":
+        return {"train": arrays["train"], "val": arrays["validation"], "test": arrays["test"]}
+    if listing.layout == "train+validation":
+        x, y = arrays["validation"]
+        val, test = split_validation(y, config.test_fraction, config.split_seed)
+        return {"train": arrays["train"], "val": (x[val], y[val]), "test": (x[test], y[test])}
+    x, y = arrays[""]
+    parts = split_classes(y, config.validation_fraction, config.test_fraction, config.split_seed)
+    splits = {name: (x[part], y[part]) for name, part in zip(SPLITS, parts, strict=True)}
+    for name, (_, labels) in splits.items():
+        counts = np.bincount(y, minlength=len(listing.class_names))
+        missing = [i for i in range(len(listing.class_names)) if not np.any(labels == i)]
+        if missing:
+            raise UserError(
+                f"data: class {listing.class_names[missing[0]]!r} has no image in the {name} "
+                f"split ({counts[missing[0]]} readable image(s); at least 3 are needed to "
+                "split it into train, validation and test)"
+            )
+    return splits
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):  # -> tf.data.Dataset

@@ -91,6 +91,8 @@ def feature_key(sweep: Sweep, images: Images, configuration: Configuration) -> s
         tuple(sweep.data.image_size),
         sweep.data.test_fraction,
         sweep.data.split_seed,
+        sweep.data.validation_fraction,
+        images.layout,
         configuration.backbone,
         weights_fingerprint(sweep.data.image_size, sweep.model),
         sweep.model.weights,

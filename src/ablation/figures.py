@@ -16,19 +16,20 @@ import numpy as np
 from ablation import plots, space
 from ablation.analysis import ConfigurationRow, Effect
 from ablation.config import Sweep
-from ablation.data import decode, list_images, resolve_source
+from ablation.data import Images
 from ablation.factors import Configuration, same_value
 from ablation.models import augmentation
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+DATA_FIGURES = ("data_examples.png", "augmentation_examples.png")  # drawn at run time
 FIGURES = (
     "validation_curves.png",
     "test_accuracy.png",
     "ablation_effects.png",
-    "data_examples.png",
-    "augmentation_examples.png",
+    "confusion_matrix.png",  # the best configuration's
+    *DATA_FIGURES,
 )
 
 
@@ -65,19 +66,31 @@ def row_name(row: ConfigurationRow) -> str:
     return space.label(row.params) + (f" [{blog}]" if blog else "")
 
 
-def data_figures(sweep: Sweep) -> dict[str, Figure]:
-    """The blog's two data pictures: three images of two classes, one image augmented 9 times."""
-    listing = list_images(resolve_source(sweep.data.source), limit_per_class=4)
-    train = listing.files["train"]
-    picked = [path for label in (0, 1) for path in [p for p, lab in train if lab == label][:3]]
-    images, failed = decode(picked, sweep.data.image_size)
-    labels = [listing.class_names[lab] for p, lab in train if p in picked]
-    labels = [name for index, name in enumerate(labels) if index not in failed]
-    examples = plots.image_grid(list(images), labels, 2, 3, f"{sweep.study.name}: training images")
+MAX_CLASSES_SHOWN = 10  # classes in the data picture; more make it unreadable
+EXAMPLES_PER_CLASS = 3
 
+
+def data_figures(sweep: Sweep, images: Images) -> dict[str, Figure]:
+    """The data pictures: three training images of each class (up to
+    :data:`MAX_CLASSES_SHOWN` classes), and one image under the augmentation 9 times."""
+    shown = images.class_names[:MAX_CLASSES_SHOWN]
+    picked, titles = [], []
+    for label, name in enumerate(shown):
+        members = np.flatnonzero(images.y_train == label)[:EXAMPLES_PER_CLASS]
+        picked += [images.x_train[i] for i in members]
+        titles += [name] * len(members)
+    more = len(images.class_names) - len(shown)
+    title = f"{sweep.study.name}: training images" + (f" ({more} more classes)" if more else "")
+    examples = plots.image_grid(
+        picked,
+        titles,
+        len(shown),
+        EXAMPLES_PER_CLASS,
+        title,
+    )
     config = _widest_augmentation(sweep)
     layer = augmentation(config, seed=0)
-    source = images[:1].astype("float32")
+    source = images.x_train[:1].astype("float32")
     augmented = [
         np.clip(np.asarray(layer(source, training=True))[0], 0, 255).astype("uint8")
         for _ in range(9)

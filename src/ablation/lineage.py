@@ -21,7 +21,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ablation.errors import UserError, first_line
-from ablation.records import ARTIFACT_LOGGED_MODEL, DATASET_CONTEXTS, ParamName, TagName
+from ablation.records import (
+    ARTIFACT_LOGGED_MODEL,
+    DATASET_CONTEXTS,
+    ParamName,
+    TagName,
+    class_names_of,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -76,13 +82,13 @@ def log_keras_model(
     from mlflow.models import Model
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    classes = run.data.params.get(ParamName.CLASS_NAMES, "").split(",")
+    classes = class_names_of(run.data.params)
     tags = {
         TagName.STUDY: run.data.tags.get(TagName.STUDY, ""),
         TagName.CONFIGURATION: run.info.run_name,
         TagName.SEED: run.data.params.get(ParamName.SEED, ""),
         TagName.TEST_ACCURACY: f"{test_accuracy:.4f}",
-        TagName.CLASS_NAMES: ",".join(classes),
+        TagName.CLASS_NAMES: json.dumps(classes, ensure_ascii=False),
     }
     created = client.create_logged_model(
         run.info.experiment_id,  # MLflow would pick the global experiment
@@ -188,16 +194,3 @@ def register(
     except MlflowException as exc:
         raise UserError(f"cannot register {name!r} ({first_line(exc)})") from None
     return str(version.version)
-
-
-def check_reachable(uri: str) -> None:
-    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10)
-    except requests.RequestException as exc:
-        reason = type(exc).__name__
-        raise UserError(f"tracking.uri: MLflow server {uri!r} does not answer ({reason})") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ablation import space
 from ablation.config import Sweep
 from ablation.factors import Configuration, Params
+from ablation.layout import SAYS, resolve_source
 from ablation.precision import dtype_policy
 from ablation.redaction import redact
 
@@ -34,7 +35,8 @@ def plan(sweep: Sweep) -> list[str]:
         lines = [
             f"study {study.name!r}: grid of {len(configurations)} configuration(s) x "
             f"{len(study.seeds)} seed(s) = {len(configurations) * len(study.seeds)} trial(s), "
-            f"{_epochs(sweep)}{_precision(sweep)}"
+            f"{_epochs(sweep)}{_precision(sweep)}",
+            data_line(sweep),
         ]
         for params in configurations:
             blog = space.blog_name(params)
@@ -43,11 +45,25 @@ def plan(sweep: Sweep) -> list[str]:
         return lines
     lines = [
         f"study {study.name!r}: {study.trials} trial(s) sampled by {study.sampler} over "
-        f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}{_precision(sweep)}"
+        f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}{_precision(sweep)}",
+        data_line(sweep),
     ]
     for params in study.try_first:
         lines.append(f"  first: {space.label(params):<32} {_format_params(params)}")
     return lines
+
+
+def data_line(sweep: Sweep) -> str:
+    """Which data, in which layout (a local folder is looked at; an archive once downloaded).
+
+    Raises:
+        UserError: A local ``data.source`` that is not a data folder.
+    """
+    source = redact(sweep.data.source)
+    if "://" in sweep.data.source:
+        return f"data: {source} (an archive: its layout is seen once it is downloaded)"
+    root, layout = resolve_source(sweep.data.source)
+    return f"data: {root}: {SAYS[layout]}"
 
 
 def stores(sweep: Sweep) -> str:

@@ -102,3 +102,24 @@ def image_grid(images: list, titles: list[str], rows: int, columns: int, title: 
         axis.set_title(caption)
     figure.suptitle(title)
     return figure
+
+
+def confusion_matrix(counts: list[list[int]], class_names: list[str], title: str) -> Figure:
+    """A confusion matrix: true classes down, predicted classes across, counts in the cells."""
+    size = max(4.0, 0.7 * len(class_names) + 2.5)
+    figure = Figure(figsize=(size + 1, size), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axis, shrink=0.8)
+    ticks = range(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    peak = max((max(row) for row in counts), default=0)
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            colour = "white" if count > peak / 2 else "black"
+            axis.text(j, i, str(count), ha="center", va="center", color=colour)
+    axis.set_title(title)
+    return figure

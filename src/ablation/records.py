@@ -12,7 +12,10 @@ Example:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ablation.factors import Params
 
@@ -49,14 +52,40 @@ class MetricName:
     TRAIN_SECONDS = "train_seconds"
     SETUP_SECONDS = "setup_seconds"
     FINE_TUNE_FROM_EPOCH = "fine_tune_from_epoch"  # 1-based
+    CLASS_ACCURACY = "test_class_accuracy/"  # + :func:`class_metric`: per-class test recall
+
+
+def class_metric(index: int, name: str) -> str:
+    """The metric name of one class's test accuracy (recall), by its output index.
+
+    >>> class_metric(0, "daisy"), class_metric(3, "sun flower, bright")
+    ('test_class_accuracy/0_daisy', 'test_class_accuracy/3_sun_flower__bright')
+    """
+    safe = re.sub(r"[^\w\-]", "_", name)
+    return f"{MetricName.CLASS_ACCURACY}{index}_{safe}"
 
 
 class ParamName:
     """Param names on a trial's run, beside the factors of the space (each under its own name)."""
 
     SEED = "seed"
-    CLASS_NAMES = "class_names"
+    CLASSES = "classes"  # the class names as a JSON list, in the order of the model's outputs
+    CLASS_NAMES = "class_names"  # the same, comma-joined: read from older records only
+    LAYOUT = "data_layout"
     PRECISION = "precision"
+
+
+def class_names_of(params: Mapping[str, str]) -> list[str]:
+    """A run's class names, in the order of the model's outputs, from its params.
+
+    >>> class_names_of({"classes": '["a,b", "c"]', "class_names": "a,b,c"})
+    ['a,b', 'c']
+    >>> class_names_of({"class_names": "cats,dogs"})  # a run recorded before the JSON list
+    ['cats', 'dogs']
+    """
+    if ParamName.CLASSES in params:
+        return [str(name) for name in json.loads(params[ParamName.CLASSES])]
+    return params[ParamName.CLASS_NAMES].split(",") if ParamName.CLASS_NAMES in params else []
 
 
 class TagName:
@@ -70,7 +99,7 @@ class TagName:
     ERROR = "error"
     PARENT = "mlflow.parentRunId"
     # On a trial's logged model and on a registered model version:
-    CLASS_NAMES = "ablation.class_names"  # in output order
+    CLASS_NAMES = "ablation.class_names"  # a JSON list, in output order
     SEED = "ablation.seed"
     CONFIGURATION = "ablation.configuration"  # the trial's label, e.g. "cnn+aug(0.2) s0"
     VAL_ACCURACY = "ablation.val_accuracy"  # of the saved model: what chose it
@@ -90,6 +119,9 @@ ARTIFACT_LOGGED_MODEL = "model"  # the trial's MLflow LoggedModel (Keras flavour
 # A trial's dataset inputs: the split (as Images names it) -> MLflow's dataset context.
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DEFAULT_ALIAS = "champion"  # the alias `ablation.best --register` moves to its version
+ARTIFACT_DATA_DIR = "data"  # the study run's data pictures
+ARTIFACT_CONFUSION = "confusion_matrix.json"  # test set: class_names, counts[true][predicted]
+ARTIFACT_CONFUSION_PLOT = "confusion_matrix.png"
 
 
 @dataclass(frozen=True)
@@ -107,3 +139,4 @@ class TrialRecord:
     epochs_run: int = 0
     seconds: float = 0.0
     val_curve: tuple[float, ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)  # every metric's last value

@@ -6,15 +6,20 @@ Usage::
     python -m ablation.report sweeps/blog.yaml --format html -o report.html
     python -m ablation.report sweeps/blog.yaml --format csv -o results.csv --set tracking.uri=...
 
-It reads the sweep's study from the sweep's tracking store (any store the sweep
-could write to) and writes three tables and five figures (PNG, beside the
-output file, or under ``mlruns/reports/<study>/`` when printing to stdout):
+It reads the sweep's study from the sweep's tracking store alone (any store the
+sweep could write to; never the data) and writes its tables and six figures (PNG,
+beside the output file, or under ``mlruns/reports/<study>/`` when printing to stdout):
 
-* configurations: one row per configuration, seeds aggregated, best validation first;
+* configurations: one row per configuration, seeds aggregated, best validation first,
+  and the chance level (always guessing the test set's majority class) below them;
 * ablation: each factor's levels against its baseline, from matched pairs, 95% CI;
 * parameter importance: Optuna's fANOVA on validation accuracy, per sub-space
-  (a conditional factor is assessed among the trials where it exists).
+  (a conditional factor is assessed among the trials where it exists);
+* the best configuration's per-class test accuracy and confusion matrix;
+* trials: one row per trial, every factor, seed, state, final metrics and run id.
 
+``--format csv -o results.csv`` writes the configurations as one tidy table there
+and each other table beside it (``results.ablation.csv``, ``results.trials.csv``, ...).
 Failed, pruned and running trials are counted and never enter a mean.
 """
 
@@ -22,7 +27,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,14 +46,24 @@ from ablation.analysis import (
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.config import DEFAULT_OUTPUT_DIR, Sweep, load_sweep
 from ablation.errors import UserError
-from ablation.figures import data_figures, study_figures, write_figures
+from ablation.figures import DATA_FIGURES, study_figures, write_figures
 from ablation.importance import Importance, param_importances
-from ablation.records import TrialRecord, TrialState
+from ablation.plots import confusion_matrix
+from ablation.records import ARTIFACT_CONFUSION, ARTIFACT_REPORT_DIR, TrialRecord, TrialState
+from ablation.tables import (
+    Confusion,
+    ablation_frame,
+    chance_row,
+    class_frame,
+    configuration_frame,
+    confusion_frame,
+    importance_frame,
+    trial_frame,
+)
 from ablation.tracking import Tracker, read_study
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.figure import Figure
 
 FORMATS = ("markdown", "csv", "html", "latex")
 
@@ -59,6 +77,7 @@ class Report:
     importances: list[Importance]
     parent_run_id: str | None
     tracker: Tracker
+    confusion: Confusion | None = None  # the best configuration's, summed over its seeds
 
     @property
     def counts(self) -> dict[TrialState, int]:
@@ -74,113 +93,40 @@ def build_report(sweep: Sweep) -> Report:
     tracker, parent_run_id, records = read_study(sweep)
     # A sampled range has no levels to pair trials on: its share shows in the importances.
     levels = {name: list(p.choice) for name, p in sweep.space.items() if p.choice is not None}
+    configurations = configuration_table(records)
     return Report(
         sweep=sweep,
         records=records,
-        configurations=configuration_table(records),
+        configurations=configurations,
         effects=ablation_table(records, levels, space.dependents(sweep.space)),
         importances=param_importances(sweep),
         parent_run_id=parent_run_id,
         tracker=tracker,
+        confusion=best_confusion(tracker, configurations),
     )
 
 
-def configuration_frame(report: Report, *, numeric: bool, short: bool = False) -> pd.DataFrame:
-    """The per-configuration table; numbers as numbers (CSV) or as ``mean ± sd`` text.
-
-    ``short`` leaves out the factor columns (the configuration's name says them) and run ids.
-    """
-    import pandas as pd
-
-    rows: list[dict[str, Any]] = []
-    for row in report.configurations:
-        entry: dict[str, Any] = {
-            "configuration": space.label(row.params),
-            "blog": space.blog_name(row.params) or "",
-        }
-        for name in [] if short else report.sweep.space:
-            entry[name] = row.params.get(name, "" if numeric else "—")
-        entry["seeds"] = row.n
-        if numeric:
-            entry |= {
-                "val_acc_mean": row.val_mean,
-                "val_acc_sd": row.val_sd,
-                "test_acc_mean": row.test_mean,
-                "test_acc_sd": row.test_sd,
-            }
-        else:
-            entry["val acc (best epoch)"] = _mean_sd(row.val_mean, row.val_sd)
-            entry["test acc"] = _mean_sd(row.test_mean, row.test_sd)
-        entry["epochs"] = _number(sum(row.epochs_run) / row.n)
-        entry["seconds"] = round(sum(row.seconds) / row.n, 1)
-        if not short:
-            entry["runs"] = (
-                " ".join(row.run_ids) if numeric else " ".join(r[:8] for r in row.run_ids)
-            )
-        rows.append(entry)
-    return pd.DataFrame(rows)
-
-
-def ablation_frame(report: Report, *, numeric: bool) -> pd.DataFrame:
-    import pandas as pd
-
-    rows: list[dict[str, Any]] = []
-    for effect in report.effects:
-        interval = effect.interval
-        entry: dict[str, Any] = {
-            "factor": effect.factor,
-            "level": effect.level,
-            "baseline": effect.baseline,
-        }
-        if numeric:
-            entry |= {
-                "mean_test_acc": effect.level_mean,
-                "effect": effect.effect,
-                "ci_low": interval[0] if interval else None,
-                "ci_high": interval[1] if interval else None,
-                "pairs": effect.pairs,
-                "verdict": effect.verdict(),
-            }
-        else:
-            mean = effect.level_mean
-            entry["mean test acc"] = f"{mean:.3f}" if mean is not None else "—"
-            entry["effect vs baseline (95% CI)"] = effect.verdict()
-        rows.append(entry)
-    return pd.DataFrame(rows)
-
-
-def importance_frame(report: Report) -> pd.DataFrame:
-    import pandas as pd
-
-    rows = []
-    for importance in report.importances:
-        if not importance.values:
-            rows.append(
-                {
-                    "trials": importance.scope,
-                    "parameter": "—",
-                    "importance": None,
-                    "note": importance.note,
-                }
-            )
-        for name, value in importance.values.items():
-            rows.append(
-                {
-                    "trials": importance.scope,
-                    "parameter": name,
-                    "importance": round(value, 3),
-                    "note": importance.note,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _mean_sd(mean: float, sd: float | None) -> str:
-    return f"{mean:.3f} (one seed)" if sd is None else f"{mean:.3f} ± {sd:.3f}"
-
-
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else round(value, 1)
+def best_confusion(tracker: Tracker, rows: list[ConfigurationRow]) -> Confusion | None:
+    """The best configuration's test confusion matrix, its seeds' counts summed (None: a
+    study recorded before confusion matrices were)."""
+    if not rows:
+        return None
+    total: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, run_id in enumerate(rows[0].run_ids):
+            path = tracker.download(run_id, ARTIFACT_CONFUSION, f"{tmp}/{index}")
+            if path is None:
+                return None
+            found = json.loads(path.read_text())
+            if total is None:
+                total = {"class_names": found["class_names"], "counts": found["counts"], "runs": 0}
+            else:
+                total["counts"] = [
+                    [a + b for a, b in zip(mine, theirs, strict=True)]
+                    for mine, theirs in zip(total["counts"], found["counts"], strict=True)
+                ]
+            total["runs"] += 1
+    return total
 
 
 def headline(report: Report) -> str:
@@ -195,65 +141,118 @@ def headline(report: Report) -> str:
     )
 
 
-def render(report: Report, fmt: str, *, short: bool = False) -> str:
-    """The report as Markdown, CSV, HTML or LaTeX text. ``short``: configurations only."""
-    numeric = fmt == "csv"
-    sections: list[tuple[str, str, pd.DataFrame]] = [
+Section = tuple[str, str, "pd.DataFrame"]
+
+
+def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Section]:
+    """The report's tables: (name, title, frame). ``short``: the configurations only."""
+    configurations = configuration_frame(
+        report.sweep.space, report.configurations, numeric=numeric, short=short
+    )
+    if not numeric:
+        configurations = chance_row(configurations, report.confusion)
+    title = "Configurations (best validation accuracy first; ± is the standard deviation over seeds"
+    found = [("configurations", title + ")", configurations)]
+    if short:
+        return found
+    found += [
         (
-            "configurations",
-            "Configurations (best validation accuracy first; ± is the standard deviation over "
-            "seeds)",
-            configuration_frame(report, numeric=numeric, short=short),
+            "ablation",
+            "Ablation: each level against the factor's baseline, test accuracy, matched pairs",
+            ablation_frame(report.effects, numeric=numeric),
+        ),
+        (
+            "importance",
+            "Parameter importance (fANOVA on validation accuracy)",
+            importance_frame(report.importances),
         ),
     ]
-    if not short:
-        sections += [
+    if report.confusion is not None and report.configurations:
+        best = space.label(report.configurations[0].params)
+        runs = f"{report.confusion['runs']} seed(s) summed"
+        found += [
             (
-                "ablation",
-                "Ablation: each level against the factor's baseline, test accuracy, matched pairs",
-                ablation_frame(report, numeric=numeric),
+                "classes",
+                f"Best configuration ({best}): test accuracy per class",
+                class_frame(report.confusion, numeric=numeric),
             ),
             (
-                "importance",
-                "Parameter importance (fANOVA on validation accuracy)",
-                importance_frame(report),
+                "confusion",
+                f"Best configuration ({best}): test confusion matrix ({runs})",
+                confusion_frame(report.confusion),
             ),
         ]
+    trials = trial_frame(report.sweep.space, report.records, numeric=numeric)
+    return [*found, ("trials", "Trials (one row per trial)", trials)]
+
+
+def render(report: Report, fmt: str, *, short: bool = False) -> str:
+    """The report as Markdown, CSV, HTML or LaTeX text. ``short``: configurations only.
+
+    CSV is the configurations table alone (:func:`write_csv_tables` writes the others).
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is unknown (allowed: {', '.join(FORMATS)})")
+    if fmt == "csv":
+        return sections(report, numeric=True, short=True)[0][2].to_csv(index=False)
     out = io.StringIO()
+    found = sections(report, numeric=False, short=short)
     if fmt == "markdown":
         out.write(f"{headline(report)}\n")
-        for _, title, frame in sections:
+        for _, title, frame in found:
             out.write(f"\n### {title}\n\n{frame.to_markdown(index=False)}\n")
-    elif fmt == "csv":  # one CSV table per section, each after a "# id: title" line
-        for position, (name, title, frame) in enumerate(sections):
-            out.write(("\n" if position else "") + f"# {name}: {title}\n")
-            frame.to_csv(out, index=False)
     elif fmt == "html":
         out.write(f"<p>{headline(report)}</p>\n")
-        for _, title, frame in sections:
+        for _, title, frame in found:
             out.write(f"<h3>{title}</h3>\n{frame.to_html(index=False, na_rep='—')}\n")
-    elif fmt == "latex":
+    else:
         out.write(f"% {headline(report)}\n")
-        for _, title, frame in sections:
+        for _, title, frame in found:
             latex = frame.to_latex(index=False, na_rep="--", caption=title.replace("±", "$\\pm$"))
             out.write(latex.replace("±", "$\\pm$").replace("—", "--") + "\n")
-    else:
-        raise UserError(f"--format {fmt!r} is unknown (allowed: {', '.join(FORMATS)})")
     return out.getvalue()
 
 
-def figures(report: Report) -> dict[str, Figure]:
-    """The report's five figures, by file name."""
-    return {
-        **study_figures(report.sweep, report.configurations, report.effects),
-        **data_figures(report.sweep),
-    }
+def write_csv_tables(report: Report, output: Path) -> list[Path]:
+    """The tables other than the configurations, each a tidy CSV beside ``output``
+    (``results.csv`` -> ``results.ablation.csv``, ``results.trials.csv``, ...)."""
+    written = []
+    for name, _, frame in sections(report, numeric=True)[1:]:
+        path = output.with_name(f"{output.stem}.{name}.csv")
+        frame.to_csv(path, index=False)
+        written.append(path)
+    return written
+
+
+def write_figure_files(report: Report, directory: Path) -> list[Path]:
+    """The report's figures in ``directory``: drawn from the records, the best
+    configuration's confusion matrix, and the data pictures drawn at run time (copied
+    from the study's parent run: the data itself is never read)."""
+    figures = study_figures(report.sweep, report.configurations, report.effects)
+    if report.confusion is not None and report.configurations:
+        best = space.label(report.configurations[0].params)
+        figures["confusion_matrix.png"] = confusion_matrix(
+            report.confusion["counts"],
+            report.confusion["class_names"],
+            f"{report.sweep.study.name}: {best}, test set ({report.confusion['runs']} seed(s))",
+        )
+    written = write_figures(figures, directory)
+    if report.parent_run_id is None:
+        return written
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in DATA_FIGURES:
+            path = report.tracker.download(
+                report.parent_run_id, f"{ARTIFACT_REPORT_DIR}/{name}", tmp
+            )
+            if path is not None:
+                written.append(Path(shutil.copy(path, directory / name)))
+    return written
 
 
 def write_report_files(report: Report, directory: Path) -> list[Path]:
     """The figures, ``report.md`` and ``report.html`` in ``directory``; attached to the
     study's parent run (under ``report/``)."""
-    files = write_figures(figures(report), directory)
+    files = write_figure_files(report, directory)
     for fmt, name in (("markdown", "report.md"), ("html", "report.html")):
         path = directory / name
         path.write_text(render(report, fmt))
@@ -292,11 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(text)
+            if args.format == "csv":
+                tables = write_csv_tables(report, args.output)
+                print(f"tables: {', '.join(str(p) for p in tables)}", file=sys.stderr)
         else:
             sys.stdout.write(text)
         if not args.no_plots and report.configurations:
             directory = args.output.parent if args.output else default_plot_dir(sweep)
-            written = write_figures(figures(report), directory)
+            written = write_figure_files(report, directory)
             print(f"figures: {', '.join(str(p) for p in written)}", file=sys.stderr)
     except UserError as exc:
         return user_error(exc, args.debug)

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in plan(sweep):
                 console.print(line, highlight=False, markup=False)
             return 0
-        for line in [*plan(sweep)[:1], stores(sweep)]:
+        for line in [*plan(sweep)[:2], stores(sweep)]:
             console.print(line, highlight=False, markup=False)
         reporter = ConsoleReporter(console, live=args.workers == 1)
         try:

@@ -33,6 +33,7 @@ from ablation.config import Sweep
 from ablation.data import Images, load_images, write_images
 from ablation.errors import UserError
 from ablation.factors import Params
+from ablation.figures import data_figures, write_figures
 from ablation.models import mobilenet_v2_base, weights_fingerprint
 from ablation.plan import grid_points
 from ablation.records import ParamName
@@ -106,6 +107,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
         )
         _recover_dead_trials(study, tracker)
         planned, to_run = _enqueue(study, sweep)
+    _attach_data_pictures(sweep, images, tracker, parent_id)
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
     context = Context(
         sweep,
@@ -130,6 +132,13 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
     return summary
 
 
+def _attach_data_pictures(sweep: Sweep, images: Images, tracker: Tracker, parent_id: str) -> None:
+    """Draw the report's data pictures now, while the data is here, onto the study's run
+    (under ``report/``): the report reads them from there, never the data."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.attach_report(parent_id, write_figures(data_figures(sweep, images), Path(tmp)))
+
+
 def _identity(sweep: Sweep, images: Images) -> dict[str, Any]:
     """The params every trial run of this sweep records: training setting and data."""
     return {
@@ -144,7 +153,8 @@ def _identity(sweep: Sweep, images: Images) -> dict[str, Any]:
         "n_train": len(images.y_train),
         "n_val": len(images.y_val),
         "n_test": len(images.y_test),
-        ParamName.CLASS_NAMES: ",".join(images.class_names),
+        ParamName.CLASSES: json.dumps(images.class_names, ensure_ascii=False),
+        ParamName.LAYOUT: images.layout,
     }
 
 

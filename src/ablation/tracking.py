@@ -6,11 +6,19 @@ records; the client and the record layout (:mod:`ablation.records`) stay in here
 
 A trial's run holds its factors and identity (seed, epochs, dataset and weights
 hashes) as params, the per-epoch ``accuracy``, ``loss``, ``val_accuracy``,
-``val_loss`` (``step`` = epoch), the final ``test_accuracy``/``test_loss``, two
-artifacts: ``accuracy_curves.png`` and ``model.keras``, and MLflow's own records
-(:mod:`ablation.lineage`): the model as a LoggedModel, the splits as dataset inputs.
+``val_loss`` (``step`` = epoch), the final ``test_accuracy``/``test_loss`` and per
+class ``test_class_accuracy/<index>_<class>``, the artifacts ``accuracy_curves.png``,
+``model.keras`` and the test set's ``confusion_matrix.json``/``.png``, and MLflow's
+own records (:mod:`ablation.lineage`): the model as a LoggedModel, the splits as
+dataset inputs.
 
-Usage: ``study_run``, then per trial ``start_trial``, ``log_epoch``, ``complete_trial``.
+Example::
+
+    tracker = Tracker(sweep.tracking, sweep.experiment_name)
+    parent_id = tracker.study_run("blog", {"sampler": "grid"}, sweep_yaml="...")
+    run_id = tracker.start_trial(parent_id, study_name="blog", number=0, name="cnn s0",
+                                 params={"backbone": "cnn", "seed": 0})
+    tracker.log_epoch(run_id, 0, {"accuracy": 0.5, "val_accuracy": 0.5})
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 from ablation.config import Sweep, Tracking
 from ablation.errors import UserError, first_line
 from ablation.factors import Factor
-from ablation.lineage import check_reachable, dataset_inputs, log_keras_model, register
+from ablation.lineage import dataset_inputs, log_keras_model, register
 from ablation.records import (
+    ARTIFACT_CONFUSION,
+    ARTIFACT_CONFUSION_PLOT,
     ARTIFACT_CURVES,
     ARTIFACT_MODEL,
     ARTIFACT_REPORT_DIR,
@@ -211,6 +221,14 @@ class Tracker:
         """A new version of ``name`` from a trial's logged model, ``alias`` on it (UserError)."""
         return register(self.client, run_id, name, alias=alias, tags=tags)
 
+    def log_test_classes(
+        self, run_id: str, metrics: Mapping[str, float], confusion: dict, figure: Figure
+    ) -> None:
+        """Log a trial's per-class test metrics and its confusion matrix (JSON and PNG)."""
+        self._log_metrics(run_id, metrics, step=0)
+        self.client.log_dict(run_id, confusion, ARTIFACT_CONFUSION)
+        self.client.log_figure(run_id, figure, ARTIFACT_CONFUSION_PLOT)
+
     def prune_trial(self, run_id: str, epochs_run: int) -> None:
         """End a trial's run that the pruner stopped after ``epochs_run`` epochs."""
         self._log_metrics(run_id, {MetricName.EPOCHS_RUN: epochs_run}, step=0)
@@ -259,6 +277,14 @@ class Tracker:
 
     def run_params(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.params)
+
+    def download(self, run_id: str, path: str, directory: str) -> Path | None:
+        """A run's artifact (file or folder) downloaded into ``directory``; None if absent."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not on stderr
+        try:
+            return Path(self.client.download_artifacts(run_id, path, directory))
+        except Exception:  # MLflow raises several kinds for a missing artifact
+            return None
 
     def download_model(self, run_id: str, directory: str) -> Path:
         """A trial's saved model, downloaded into ``directory``.
@@ -310,6 +336,7 @@ class Tracker:
             epochs_run=int(metrics.get(MetricName.EPOCHS_RUN, len(curve))),
             seconds=float(metrics.get(MetricName.TRAIN_SECONDS, 0.0)),
             val_curve=curve,
+            metrics=dict(metrics),
         )
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -348,3 +375,15 @@ def read_study(sweep: Sweep) -> tuple[Tracker, str | None, list[TrialRecord]]:
         )
     return tracker, parent_id, records
 
+
+def check_reachable(uri: str) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise UserError(f"tracking.uri: MLflow server {uri!r} does not answer ({reason})") from None

@@ -3,7 +3,8 @@
 :func:`train` is what a trial computes; :mod:`ablation.trial` records it. The
 validation metrics are those of the model that is tested and saved: the last
 epoch's or, with ``train.patience`` (early stopping), the best epoch's, whose
-weights are restored. The test set is touched once, after training.
+weights are restored. The test set is touched once, after training: its loss,
+accuracy and each image's predicted class (for per-class results).
 
 Example::
 
@@ -60,6 +61,7 @@ class TrainingResult:
     cached_splits: tuple[str, ...]  # the splits that went through cached backbone features
     network: Network
     fine_tune_from: int | None = None  # 0-based: the first epoch of the fine-tuning phase
+    test_predictions: np.ndarray | None = None  # the kept model's class for each test image
 
     @property
     def model(self) -> keras.Model:
@@ -115,9 +117,9 @@ def train(
         )
     tested = network.head if plan.tests_through_head else network.model
     x_test = features["test"] if plan.tests_through_head else images.x_test
-    test = tested.evaluate(
-        eval_dataset(x_test, images.y_test, sweep.data.batch_size), verbose=0, return_dict=True
-    )
+    test_set = eval_dataset(x_test, images.y_test, sweep.data.batch_size)
+    test = tested.evaluate(test_set, verbose=0, return_dict=True)
+    predictions = np.argmax(tested.predict(test_set, verbose=0), axis=1)
     return TrainingResult(
         history=history,
         model_val_accuracy=history["val_accuracy"][kept],
@@ -131,6 +133,7 @@ def train(
         cached_splits=plan.splits,
         network=network,
         fine_tune_from=fine_tune_from,
+        test_predictions=predictions,
     )
 
 

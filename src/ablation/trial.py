@@ -15,17 +15,18 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from ablation.analysis import class_accuracies, confusion_counts
 from ablation.config import Sweep
 from ablation.data import Images
 from ablation.errors import first_line
 from ablation.factors import Params
 from ablation.models import inference_copy
-from ablation.plots import accuracy_curves
-from ablation.records import MetricName, TrialState
+from ablation.plots import accuracy_curves, confusion_matrix
+from ablation.records import MetricName, TrialState, class_metric
 from ablation.space import configuration
 from ablation.storage import open_study
 from ablation.tracking import Tracker
-from ablation.training import EpochHook, train
+from ablation.training import EpochHook, TrainingResult, train
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
         seconds = time.perf_counter() - started
         return spec.outcome(TrialState.FAIL, epochs_run=epochs_run, seconds=seconds, error=error)
 
+    _record_test_classes(tracker, spec, images, result)
     tracker.complete_trial(
         spec.run_id,
         result,
@@ -132,3 +134,19 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
         seconds=result.seconds,
         setup_seconds=result.setup_seconds,
     )
+
+
+def _record_test_classes(
+    tracker: Tracker, spec: TrialSpec, images: Images, result: TrainingResult
+) -> None:
+    """Each class's test accuracy (recall) and the test set's confusion matrix, in MLflow."""
+    names = images.class_names
+    counts = confusion_counts(images.y_test.tolist(), result.test_predictions.tolist(), len(names))
+    metrics = {
+        class_metric(index, name): accuracy
+        for index, (name, accuracy) in enumerate(zip(names, class_accuracies(counts), strict=True))
+        if accuracy is not None
+    }
+    figure = confusion_matrix(counts, names, f"{spec.label}: test set")
+    confusion = {"class_names": names, "counts": counts, "rows": "true", "columns": "predicted"}
+    tracker.log_test_classes(spec.run_id, metrics, confusion, figure)

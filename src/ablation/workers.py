@@ -243,5 +243,3 @@ def waiting_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState as OptunaState
 
     return study.get_trials(deepcopy=False, states=(OptunaState.WAITING,))
-
-
