@@ -7,9 +7,12 @@ before any test imports Keras, to a writable copy of the weights.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,40 @@ def run_module(module: str, *args: str, cwd: Path, timeout: int = 900):  # type:
         timeout=timeout,
         check=False,
     )
+
+
+POSTGRES_URL = os.environ.get("ABLATION_POSTGRES_URL")  # an admin URL, e.g. .../postgres
+
+
+@contextlib.contextmanager
+def fresh_databases(*prefixes: str) -> Iterator[list[str]]:
+    """Fresh PostgreSQL databases, one per prefix, dropped afterwards; the test is skipped
+    without ``ABLATION_POSTGRES_URL``."""
+    if not POSTGRES_URL:
+        pytest.skip("set ABLATION_POSTGRES_URL (an admin URL) to run the PostgreSQL tests")
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    suffix = uuid.uuid4().hex[:10]
+    names = [f"ablation_{prefix}_{suffix}" for prefix in prefixes]
+    try:
+        with engine.connect() as connection:
+            for name in names:
+                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.fail(f"cannot reach PostgreSQL at {POSTGRES_URL}: {str(exc).splitlines()[0]}")
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    try:
+        yield [f"{base}/{name}" for name in names]
+    finally:
+        with engine.connect() as connection:
+            for name in names:
+                connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """One fresh PostgreSQL database, dropped afterwards."""
+    with fresh_databases("test") as (url,):
+        yield url

@@ -241,6 +241,12 @@ def test_mlflow_alone_has_each_trials_model_and_data_and_the_registered_winner(
     assert float(np.mean(classes == images.y_test)) == pytest.approx(
         best.data.metrics["test_accuracy"]
     )
+    # ... and the same classes as the trial's recorded test predictions, image by image
+    # counted into its confusion matrix (rows: true class, columns: predicted).
+    recorded = mlflow.artifacts.load_dict(f"runs:/{run_id}/confusion_matrix.json")
+    counts = np.zeros((2, 2), int)
+    np.add.at(counts, (images.y_test, classes), 1)
+    assert recorded["counts"] == counts.tolist()
 
     # Registering again makes version 2 and moves the alias to it.
     again = run_module("ablation.best", str(study), "--register", "cats-dogs", cwd=workdir)

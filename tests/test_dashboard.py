@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -36,7 +34,6 @@ space:
   augment: {{choice: [false, true]}}
 tracking: {{experiment: dash}}
 """
-POSTGRES_URL = os.environ.get("ABLATION_POSTGRES_URL")
 
 
 def free_port() -> int:
@@ -116,23 +113,6 @@ def test_the_dashboard_opens_the_default_journal_file(tmp_path: Path, small_data
     shown = dashboard_trials(str(tmp_path / "mlruns" / "optuna.journal"), "dash")
     assert len(shown) == 2
     assert_same_trials(shown, study)
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
-    if not POSTGRES_URL:
-        pytest.skip("set ABLATION_POSTGRES_URL (an admin URL) to run the PostgreSQL tests")
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"ablation_dashboard_{uuid.uuid4().hex[:10]}"
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask/tell, no optimize

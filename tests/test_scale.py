@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mlflow import MlflowClient
 from ablation.config import load_sweep
 from ablation.data import load_images
 from ablation.ui import mlflow_server
-from conftest import load_study, run_module
+from conftest import fresh_databases, load_study, run_module
 
 pytestmark = pytest.mark.slow  # workers and machines on the command line, training a grid
 
@@ -34,7 +33,6 @@ space:
 tracking: {{experiment: scale}}
 """
 POINTS = 6  # 3 configurations x 2 seeds
-POSTGRES_URL = os.environ.get("ABLATION_POSTGRES_URL")  # an admin URL, e.g. .../postgres
 
 
 def run(sweep: Path, cwd: Path, *args: str) -> subprocess.Popen[str]:
@@ -96,25 +94,8 @@ def test_two_workers_on_one_machine_share_the_grid(tmp_path: Path, small_data: P
 @pytest.fixture
 def databases() -> Iterator[tuple[str, str]]:
     """Two fresh PostgreSQL databases (Optuna's and MLflow's), dropped afterwards."""
-    if not POSTGRES_URL:
-        pytest.skip("set ABLATION_POSTGRES_URL (an admin URL) to run the PostgreSQL tests")
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    suffix = uuid.uuid4().hex[:10]
-    names = [f"ablation_optuna_{suffix}", f"ablation_mlflow_{suffix}"]
-    try:
-        with engine.connect() as connection:
-            for name in names:
-                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    except sqlalchemy.exc.OperationalError as exc:
-        pytest.fail(f"cannot reach PostgreSQL at {POSTGRES_URL}: {str(exc).splitlines()[0]}")
-    base = POSTGRES_URL.rsplit("/", 1)[0]
-    yield f"{base}/{names[0]}", f"{base}/{names[1]}"
-    with engine.connect() as connection:
-        for name in names:
-            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+    with fresh_databases("optuna", "mlflow") as (optuna_url, mlflow_url):
+        yield optuna_url, mlflow_url
 
 
 def free_port() -> int:

@@ -27,7 +27,6 @@ from ablation.study import sweep_yaml
 from ablation.ui import mlflow_server
 from conftest import REPO, run_module
 
-POSTGRES_URL = os.environ.get("ABLATION_POSTGRES_URL")  # an admin URL, e.g. .../postgres
 SWEEP = """
 study: {{name: secret, sampler: grid, seeds: [0]}}
 data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}}
@@ -160,23 +159,6 @@ def test_an_unreachable_storage_or_server_names_the_host_not_the_password(
 
 
 # -- a whole study with a password in its URLs ---------------------------------------------
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh PostgreSQL database (its URL without a password), dropped afterwards."""
-    if not POSTGRES_URL:
-        pytest.skip("set ABLATION_POSTGRES_URL (an admin URL) to run the PostgreSQL tests")
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"ablation_secret_{uuid.uuid4().hex[:10]}"
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 @pytest.fixture
