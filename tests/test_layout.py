@@ -22,7 +22,7 @@ LAYERS = [
     ["errors"],
     ["factors"],
     ["config", "records"],
-    ["space", "analysis", "cli", "layout"],
+    ["space", "analysis", "cli", "layout", "cores"],
     ["precision", "data", "plots"],
     ["models", "plan"],
     ["features"],

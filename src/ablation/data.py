@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ablation.config import Data
+from ablation.cores import pipeline_threads
 from ablation.errors import UserError
 from ablation.layout import (
     IMAGE_EXTENSIONS,
@@ -253,6 +254,7 @@ def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):  # 
         .batch(batch_size)
         .map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(_options())
     )
 
 
@@ -265,7 +267,19 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):  # -> tf.data.D
         .batch(batch_size)
         .map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
+        .with_options(_options())
     )
+
+
+def _options():  # -> tf.data.Options
+    """The pipeline's options: its thread pool sized to this worker's share of the cores."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    threads = pipeline_threads()
+    if threads is not None:
+        options.threading.private_threadpool_size = threads
+    return options
 
 
 def _to_float(x, y):  # type: ignore[no-untyped-def]
