@@ -54,3 +54,14 @@ def use_threads(threads: int) -> None:
 def pipeline_threads() -> int | None:
     """The tf.data thread pool's size set by :func:`use_threads` (None: tf.data's default)."""
     return _pipeline_threads
+
+
+def threads_in_use() -> dict[str, int]:
+    """This process's thread settings as TensorFlow reports them (0: TensorFlow's default)."""
+    import tensorflow as tf
+
+    return {
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        "pipeline": _pipeline_threads or 0,
+    }

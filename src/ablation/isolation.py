@@ -1,10 +1,23 @@
-"""A trial in its own process: nothing it leaves in TensorFlow outlives it, and it fails alone.
+"""A trial in its own process, started ahead: it fails alone and costs no start-up.
 
-:func:`run_trial_isolated` spawns a fresh process that reads the decoded images
-from a file and runs :func:`ablation.trial.run_trial`; its epochs and its
-outcome come back through a pipe. If the process dies (killed, out of memory, a
-crash in TensorFlow) the trial is recorded as failed with the reason; if the
-study's process dies, the trial's process notices and ends too.
+Each trial runs in a fresh (spawned) process, so nothing a trial leaves in
+TensorFlow outlives it, and a crash or an out-of-memory kill loses only that
+trial. The process is started before its trial comes: a :class:`TrialProcess`
+imports TensorFlow, limits itself to its share of the cores
+(:mod:`ablation.cores`), maps the decoded images and opens the stores, then
+waits. :class:`SpareProcesses` keeps one such process ready per worker, starting
+the next one while the current trial trains, so a trial's fixed cost is handing
+it over and recording it.
+
+Epochs and the outcome come back through a pipe. If the process dies the trial is
+recorded as failed with the reason; if the study's process dies, the trial's
+process notices and ends too.
+
+Example::
+
+    spares = SpareProcesses(sweep, images_file, threads=2)
+    outcome = spares.take(more_to_come=False).run(spec)
+    spares.close()
 """
 
 from __future__ import annotations
@@ -17,86 +30,144 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ablation.config import Sweep
+from ablation.cores import threads_in_use, use_threads
 from ablation.data import read_images
 from ablation.records import TrialState
 from ablation.redaction import redact_output
 from ablation.tracking import Tracker
 from ablation.training import EpochHook
-from ablation.trial import TrialOutcome, TrialSpec, run_trial
+from ablation.trial import TrialOutcome, TrialSpec, open_stores, run_trial
 
 
-def run_trial_isolated(
-    spec: TrialSpec,
-    images_file: Path,
-    on_epoch: EpochHook | None = None,
-    stop: threading.Event | None = None,
-) -> TrialOutcome:
-    """:func:`ablation.trial.run_trial` in a fresh (spawned) process.
+class TrialProcess:
+    """A spawned process that gets ready for one trial of ``sweep``, then runs it."""
 
-    On ``KeyboardInterrupt`` (or when ``stop`` is set, by another thread) the
-    process is stopped and ``KeyboardInterrupt`` propagates.
-    """
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_child_main, args=(spec, str(images_file), sender, os.getpid()), daemon=True
-    )
-    process.start()
-    sender.close()
-    outcome: TrialOutcome | None = None
-    try:
+    def __init__(self, sweep: Sweep, images_file: Path, threads: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._connection, child_end = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=_child_main,
+            args=(sweep, str(images_file), threads, child_end, os.getpid()),
+            daemon=True,
+        )
+        self.process.start()
+        child_end.close()
+
+    def run(
+        self,
+        spec: TrialSpec,
+        on_epoch: EpochHook | None = None,
+        stop: threading.Event | None = None,
+    ) -> TrialOutcome:
+        """Run ``spec`` in this process and wait for its outcome.
+
+        On ``KeyboardInterrupt`` (or when ``stop`` is set, by another thread) the
+        process is stopped and ``KeyboardInterrupt`` propagates.
+        """
+        outcome: TrialOutcome | None = None
+        try:
+            self._connection.send(spec)
+            outcome = self._receive(on_epoch, stop)
+            self.process.join()
+        except (BrokenPipeError, ConnectionResetError):  # it died before its trial
+            self.process.join(10)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._connection.close()
+        if outcome is None:
+            code = self.process.exitcode
+            reason = (
+                f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            )
+            outcome = spec.outcome(TrialState.FAIL, error=f"the trial's process died ({reason})")
+            Tracker(spec.sweep.tracking, spec.sweep.experiment_name).fail_trial(
+                spec.run_id, outcome.error or ""
+            )
+        return outcome
+
+    def _receive(
+        self, on_epoch: EpochHook | None, stop: threading.Event | None
+    ) -> TrialOutcome | None:
+        """Pass the epochs on until the outcome comes, or the process ends without one."""
         while True:
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
-            if receiver.poll(0.5):
+            if self._connection.poll(0.5):
                 try:
-                    kind, payload = receiver.recv()
+                    kind, payload = self._connection.recv()
                 except EOFError:
-                    break
+                    return None
                 if kind == "epoch" and on_epoch is not None:
                     on_epoch(*payload)
                 elif kind == "done":
-                    outcome = payload
-            elif not process.is_alive():
-                break
-        process.join()
-    except BaseException:
-        process.terminate()
-        process.join(10)
-        raise
-    finally:
-        receiver.close()
-    if outcome is None:
-        code = process.exitcode
-        reason = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-        outcome = spec.outcome(TrialState.FAIL, error=f"the trial's process died ({reason})")
-        Tracker(spec.sweep.tracking, spec.sweep.experiment_name).fail_trial(
-            spec.run_id, outcome.error or ""
-        )
-    return outcome
+                    return payload
+            elif not self.process.is_alive():
+                return None
+
+    def close(self) -> None:
+        """Stop the process (a spare that was not needed, or an interrupted trial)."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(10)
+        self._connection.close()
 
 
-def _child_main(spec: TrialSpec, images_file: str, sender: Any, parent_pid: int) -> None:
-    """Entry point of a trial's process."""
+class SpareProcesses:
+    """One worker's supply of trial processes: one is always starting or ready."""
+
+    def __init__(self, sweep: Sweep, images_file: Path, threads: int) -> None:
+        self._start = lambda: TrialProcess(sweep, images_file, threads)
+        self._spare: TrialProcess | None = None
+
+    def take(self, *, more_to_come: bool) -> TrialProcess:
+        """A process for the trial about to start; if ``more_to_come``, the next one starts."""
+        ready = self._spare
+        if ready is None or not ready.process.is_alive():
+            if ready is not None:
+                ready.close()
+            ready = self._start()
+        self._spare = self._start() if more_to_come else None
+        return ready
+
+    def close(self) -> None:
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
+
+def _child_main(
+    sweep: Sweep, images_file: str, threads: int, connection: Any, parent_pid: int
+) -> None:
+    """Entry point of a trial's process: get ready, wait for the trial, run it."""
     # Ctrl-C and a closed terminal are the parent's to handle: it stops this process
     # and records the trial.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     redact_output()
     _exit_with_parent(parent_pid)
+    use_threads(threads)
+    images = read_images(Path(images_file))
+    stores = open_stores(sweep)
+    try:
+        spec = connection.recv()
+    except EOFError:  # not needed after all
+        return
 
     def send(message: tuple[str, Any]) -> None:
         try:
-            sender.send(message)
+            connection.send(message)
         except OSError:  # the study's process is gone: stop here, its next run recovers the trial
             os._exit(1)
 
-    images = read_images(Path(images_file))
+    stores.tracker.tag_threads(spec.run_id, threads_in_use())
     outcome = run_trial(
-        spec, images, on_epoch=lambda epoch, metrics: send(("epoch", (epoch, metrics)))
+        spec, images, lambda epoch, metrics: send(("epoch", (epoch, metrics))), stores
     )
     send(("done", outcome))
-    sender.close()
+    connection.close()
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -51,6 +51,8 @@ class MetricName:
     KEPT_EPOCH = "kept_epoch"  # 1-based: the epoch whose weights were kept
     TRAIN_SECONDS = "train_seconds"
     SETUP_SECONDS = "setup_seconds"
+    WALL_SECONDS = "wall_seconds"  # as the study saw the trial: process, training, recording
+    FIXED_SECONDS = "fixed_seconds"  # wall_seconds - train_seconds: the cost of a trial as such
     FINE_TUNE_FROM_EPOCH = "fine_tune_from_epoch"  # 1-based
     CLASS_ACCURACY = "test_class_accuracy/"  # + :func:`class_metric`: per-class test recall
 
@@ -96,6 +98,9 @@ class TagName:
     TRIAL = "ablation.trial"  # the Optuna trial number
     STATE = "ablation.state"  # a TrialState
     CACHED_FEATURES = "ablation.cached_features"
+    THREADS = (
+        "ablation.threads"  # the trial process's TensorFlow intra-/inter-op and tf.data threads
+    )
     ERROR = "error"
     PARENT = "mlflow.parentRunId"
     # On a trial's logged model and on a registered model version:

@@ -101,7 +101,8 @@ class ConsoleReporter:
         if outcome.state == TrialState.COMPLETE:
             text = (
                 f"val_acc {outcome.model_val_accuracy:.3f}  test_acc "
-                f"{outcome.test_accuracy:.3f}  in {outcome.seconds:.0f}s"
+                f"{outcome.test_accuracy:.3f}  in {outcome.wall_seconds:.0f}s "
+                f"(fixed cost {outcome.fixed_seconds:.1f}s)"
             )
         elif outcome.state == TrialState.PRUNED:
             text = f"pruned after {outcome.epochs_run} epoch(s)"
@@ -144,7 +145,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         metavar="N",
-        help="trials to run side by side on this machine (default 1)",
+        help="trials to run side by side on this machine (default 1); each trial's process "
+        "computes with an even share of the cores",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="K",
+        help="threads per trial process: TensorFlow's intra- and inter-op pools and the data "
+        "pipeline's (default: the cores this process may use, divided by --workers)",
     )
     parser.add_argument(
         "--storage",
@@ -171,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise UserError(f"--workers {args.workers}: needs a whole number of at least 1")
+        if args.threads is not None and args.threads < 1:
+            raise UserError(f"--threads {args.threads}: needs a whole number of at least 1")
         overrides = list(args.overrides)
         if args.storage:
             overrides.append(f"study.storage={args.storage}")
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(line, highlight=False, markup=False)
         reporter = ConsoleReporter(console, live=args.workers == 1)
         try:
-            summary = run_sweep(sweep, reporter, workers=args.workers)
+            summary = run_sweep(sweep, reporter, workers=args.workers, threads=args.threads)
         finally:
             reporter.close()
     except UserError as exc:

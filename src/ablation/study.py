@@ -30,6 +30,7 @@ import yaml
 
 from ablation import space
 from ablation.config import Sweep
+from ablation.cores import share_of_cores
 from ablation.data import Images, load_images, write_images
 from ablation.errors import UserError
 from ablation.factors import Params
@@ -76,13 +77,15 @@ def sweep_yaml(sweep: Sweep) -> str:
     return yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
 
 
-def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 1) -> StudySummary:
+def run_sweep(
+    sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 1, threads: int | None = None
+) -> StudySummary:
     """Run (or continue) the sweep's study and record every trial in MLflow.
 
     Args:
         sweep: The validated sweep.
         reporter: Receives progress.
-        workers: Trials run side by side in this invocation, each in its own process.
+        workers: Trials side by side, each process with ``threads`` (:mod:`ablation.cores`).
 
     Raises:
         UserError: Bad data, weights, storage or tracking URI; found before any training.
@@ -119,6 +122,7 @@ def run_sweep(sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 
         weights,
         reporter or SilentReporter(),
         to_run,
+        threads=share_of_cores(workers, threads=threads),
     )
     interrupted = True
     try:

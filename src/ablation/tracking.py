@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -228,6 +229,18 @@ class Tracker:
         self._log_metrics(run_id, metrics, step=0)
         self.client.log_dict(run_id, confusion, ARTIFACT_CONFUSION)
         self.client.log_figure(run_id, figure, ARTIFACT_CONFUSION_PLOT)
+
+    def log_wall_time(self, run_id: str, wall_seconds: float, fixed_seconds: float) -> None:
+        """A finished trial's wall time as the study saw it, and the part outside training."""
+        self._log_metrics(
+            run_id,
+            {MetricName.WALL_SECONDS: wall_seconds, MetricName.FIXED_SECONDS: fixed_seconds},
+            step=0,
+        )
+
+    def tag_threads(self, run_id: str, threads: Mapping[str, int]) -> None:
+        """The threads the trial's process computed with (TagName.THREADS, as JSON)."""
+        self.client.set_tag(run_id, TagName.THREADS, json.dumps(dict(threads), sort_keys=True))
 
     def prune_trial(self, run_id: str, epochs_run: int) -> None:
         """End a trial's run that the pruner stopped after ``epochs_run`` epochs."""

@@ -14,6 +14,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ablation.analysis import class_accuracies, confusion_counts
 from ablation.config import Sweep
@@ -27,6 +28,9 @@ from ablation.space import configuration
 from ablation.storage import open_study
 from ablation.tracking import Tracker
 from ablation.training import EpochHook, TrainingResult, train
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @dataclass(frozen=True)
@@ -71,20 +75,50 @@ class TrialOutcome:
     error: str | None = None
     wall_seconds: float = 0.0  # as the study saw it: process start, training, recording
 
+    @property
+    def fixed_seconds(self) -> float:
+        """The trial's cost outside training: getting a process, opening, recording."""
+        return max(self.wall_seconds - self.seconds, 0.0)
+
     def timed(self, wall_seconds: float) -> TrialOutcome:
         return dataclasses.replace(self, wall_seconds=wall_seconds)
 
 
-def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None) -> TrialOutcome:
-    """Train one trial and record it in MLflow and Optuna (intermediate values, pruning).
+@dataclass(frozen=True)
+class Stores:
+    """A process's open connections to the sweep's stores: MLflow's and Optuna's."""
+
+    tracker: Tracker
+    study: optuna.Study
+
+
+def open_stores(sweep: Sweep) -> Stores:
+    """Open the sweep's MLflow store and Optuna study, and import what recording a trial
+    needs (a trial process does it before its trial comes)."""
+    import mlflow.keras  # noqa: F401  (imported on first use otherwise: inside the trial's time)
+    import tensorflow as tf
+
+    tf.constant(0.0) + 1.0  # TensorFlow's runtime starts now, not in the first epoch
+    return Stores(Tracker(sweep.tracking, sweep.experiment_name), open_study(sweep))
+
+
+def run_trial(
+    spec: TrialSpec,
+    images: Images,
+    on_epoch: EpochHook | None = None,
+    stores: Stores | None = None,
+) -> TrialOutcome:
+    """Train one trial and record it in MLflow and Optuna (intermediate values, pruning),
+    in ``stores`` if this process opened them already (:func:`open_stores`).
 
     Never raises for a failing trial: the failure is recorded on its MLflow run
     and returned. ``KeyboardInterrupt`` still propagates.
     """
     import optuna
 
-    tracker = Tracker(spec.sweep.tracking, spec.sweep.experiment_name)
-    trial = optuna.trial.Trial(open_study(spec.sweep), spec.trial_id)
+    stores = stores or open_stores(spec.sweep)
+    tracker = stores.tracker
+    trial = optuna.trial.Trial(stores.study, spec.trial_id)
     tracker.log_datasets(spec.run_id, images)
     epochs_run = 0
     started = time.perf_counter()
@@ -119,13 +153,7 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
         seconds = time.perf_counter() - started
         return spec.outcome(TrialState.FAIL, epochs_run=epochs_run, seconds=seconds, error=error)
 
-    _record_test_classes(tracker, spec, images, result)
-    tracker.complete_trial(
-        spec.run_id,
-        result,
-        figure=accuracy_curves(result.history, spec.label, fine_tune_from=result.fine_tune_from),
-        model=inference_copy(result.model),
-    )
+    _record_completed(tracker, spec, images, result)
     return spec.outcome(
         TrialState.COMPLETE,
         model_val_accuracy=result.model_val_accuracy,
@@ -133,6 +161,19 @@ def run_trial(spec: TrialSpec, images: Images, on_epoch: EpochHook | None = None
         epochs_run=result.epochs_run,
         seconds=result.seconds,
         setup_seconds=result.setup_seconds,
+    )
+
+
+def _record_completed(
+    tracker: Tracker, spec: TrialSpec, images: Images, result: TrainingResult
+) -> None:
+    """A trained trial's test classes, curves and model, in MLflow; its run ends FINISHED."""
+    _record_test_classes(tracker, spec, images, result)
+    tracker.complete_trial(
+        spec.run_id,
+        result,
+        figure=accuracy_curves(result.history, spec.label, fine_tune_from=result.fine_tune_from),
+        model=inference_copy(result.model),
     )
 
 

@@ -1,9 +1,11 @@
 """Running a study's trials: one after another, or ``--workers N`` side by side.
 
 Each worker loop asks Optuna for the next trial, opens its MLflow run, trains it
-(in its own process, :mod:`ablation.isolation`, or in this one) and tells Optuna
-how it ended. Ctrl-C (or another worker's failure) stops every worker; the
-running trials are recorded as KILLED and run again on the next invocation.
+(in its own process, started while the previous trial trained,
+:mod:`ablation.isolation`; or in this one) and tells Optuna how it ended.
+Each worker's processes compute with ``threads`` threads (:mod:`ablation.cores`).
+Ctrl-C (or another worker's failure) stops every worker; the running trials are
+recorded as KILLED and run again on the next invocation.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ablation import space
 from ablation.config import Sweep
 from ablation.data import Images
 from ablation.factors import Params
-from ablation.isolation import run_trial_isolated
+from ablation.isolation import SpareProcesses
 from ablation.precision import dtype_policy
 from ablation.records import ParamName, TrialState
 from ablation.storage import ask, heartbeat, worker_identity
@@ -87,6 +89,7 @@ class Context:
     weights: dict[str, Any]  # params of the trials with a pretrained backbone
     reporter: Reporter
     total: int  # trials this invocation means to run
+    threads: int = 1  # each trial process's threads (TensorFlow's pools, the data pipeline's)
     started: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -94,15 +97,24 @@ class Context:
 
 def work(study: optuna.Study, context: Context, summary: StudySummary) -> None:
     """Run trials one after another until the study has none left for this invocation."""
-    while not context.stop.is_set():
-        trial = _next_trial(study, context)
-        if trial is None:
-            return
-        index, trial = trial
-        outcome = _run_trial(study, trial, context, index)
-        with context.lock:
-            summary.outcomes.append(outcome)
-            context.reporter.trial_ended(outcome, summary.best)
+    spares = (
+        SpareProcesses(context.sweep, context.images_file, context.threads)
+        if context.images_file is not None
+        else None
+    )
+    try:
+        while not context.stop.is_set():
+            trial = _next_trial(study, context)
+            if trial is None:
+                return
+            index, trial = trial
+            outcome = _run_trial(study, trial, context, index, spares)
+            with context.lock:
+                summary.outcomes.append(outcome)
+                context.reporter.trial_ended(outcome, summary.best)
+    finally:
+        if spares is not None:
+            spares.close()
 
 
 def work_in_threads(
@@ -160,7 +172,11 @@ def _next_trial(study: optuna.Study, context: Context) -> tuple[int, optuna.Tria
 
 
 def _run_trial(
-    study: optuna.Study, trial: optuna.Trial, context: Context, index: int
+    study: optuna.Study,
+    trial: optuna.Trial,
+    context: Context,
+    index: int,
+    spares: SpareProcesses | None,
 ) -> TrialOutcome:
     """Open the trial's MLflow run, train it (isolated or not), tell Optuna how it ended."""
     import optuna
@@ -186,12 +202,13 @@ def _run_trial(
             )
             trial.set_user_attr("mlflow_run_id", run_id)
             spec = TrialSpec(sweep, trial._trial_id, trial.number, params, seed, label, run_id)
-            outcome = _train_trial(spec, context).timed(time.perf_counter() - started)
+            outcome = _train_trial(spec, context, spares).timed(time.perf_counter() - started)
     except BaseException as exc:  # interrupted, or the store failed: the trial did not happen
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if run_id is not None:
             context.tracker.fail_trial(run_id, f"interrupted ({type(exc).__name__})", killed=True)
         raise
+    context.tracker.log_wall_time(run_id, outcome.wall_seconds, outcome.fixed_seconds)
     _tell(study, trial, outcome)
     return outcome
 
@@ -209,7 +226,7 @@ def _trial_params(context: Context, params: Params, seed: int) -> dict[str, Any]
     }
 
 
-def _train_trial(spec: TrialSpec, context: Context) -> TrialOutcome:
+def _train_trial(spec: TrialSpec, context: Context, spares: SpareProcesses | None) -> TrialOutcome:
     """Run the trial in its own process or in this one, passing its epochs to the reporter."""
     epochs = spec.sweep.train.epochs
     configuration = space.configuration(spec.params)
@@ -219,8 +236,10 @@ def _train_trial(spec: TrialSpec, context: Context) -> TrialOutcome:
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         context.reporter.epoch_ended(spec.label, epoch, epochs, metrics)
 
-    if context.images_file is not None:
-        return run_trial_isolated(spec, context.images_file, on_epoch, context.stop)
+    if spares is not None:
+        with context.lock:
+            more_to_come = context.started < context.total
+        return spares.take(more_to_come=more_to_come).run(spec, on_epoch, context.stop)
     return run_trial(spec, context.images, on_epoch)
 
 
