@@ -1,25 +1,33 @@
-"""Memory across trials: does the study's process grow from trial to trial?
+"""Memory across trials: does any process grow from trial to trial, or with the workers?
 
-Runs N small trials (one configuration, N seeds) and prints the resident memory of
-the study's process after each trial, with trials in their own process
-(``study.isolation: process``, the default) or in the study's process (``none``).
+Runs N small trials (one configuration, N seeds) and prints, after each trial, the
+resident memory of the study's process and the peak memory of the process that
+ran the trial (sampled from /proc/PID/smaps_rollup every 0.1 s: RSS, PSS, which
+splits shared pages such as the memory-mapped images between the processes that
+map them, and USS, the process's private memory), with the trial's wall time
+and fixed cost (everything outside training: waiting for its process, recording).
+Trials run in their own processes (``study.isolation: process``, the default;
+``--workers N`` side by side) or in the study's process (``none``).
 
-    python bench/memory.py --data ../shared/data/cats_and_dogs --trials 20 --isolation process
+    python bench/memory.py --data ../shared/data/cats_and_dogs --trials 20
+    python bench/memory.py --data ../shared/data/cats_and_dogs --trials 20 --workers 2
     python bench/memory.py --data ../shared/data/cats_and_dogs --trials 20 --isolation none
 
-Numbers, not assertions: see the closing notes for the figures measured.
+Numbers, not assertions: bench/README.md has the figures measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from ablation import load_sweep, run_sweep
-from ablation import TrialOutcome
+from ablation import TrialOutcome, load_sweep, run_sweep
 from ablation.workers import SilentReporter
 
 SWEEP = """
@@ -39,17 +47,70 @@ def rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+def memory_of(pid: int) -> dict[str, float] | None:
+    """RSS, PSS and USS (private) of a process in MiB, from /proc/PID/smaps_rollup."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kib = {}
+    for line in text.splitlines()[1:]:
+        name, _, value = line.partition(":")
+        kib[name] = int(value.split()[0])
+    private = kib.get("Private_Clean", 0) + kib.get("Private_Dirty", 0)
+    return {"rss": kib["Rss"] / 1024, "pss": kib["Pss"] / 1024, "uss": private / 1024}
+
+
+def child_pids() -> set[int]:
+    me = os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry))
+    return found
+
+
 class MemoryReporter(SilentReporter):
+    """Samples the trial processes' memory; prints a line per finished trial."""
+
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.peaks: dict[int, dict[str, float]] = {}
+        self.reported: set[int] = set()
+        self.fixed: list[float] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            for pid in child_pids():
+                memory = memory_of(pid)
+                if memory is not None:
+                    with self.lock:
+                        peak = self.peaks.setdefault(pid, dict.fromkeys(memory, 0.0))
+                        for key, value in memory.items():
+                            peak[key] = max(peak[key], value)
+            time.sleep(0.1)
 
     def trial_ended(self, outcome: TrialOutcome, best: TrialOutcome | None) -> None:
-        peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        with self.lock:
+            gone = [p for p in self.peaks if p not in self.reported and memory_of(p) is None]
+            self.reported.update(gone)
+            peaks = [self.peaks[p] for p in gone]
+        self.fixed.append(outcome.fixed_seconds)
+        trial = ", ".join(
+            f"RSS {p['rss']:6.0f} PSS {p['pss']:6.0f} USS {p['uss']:6.0f}" for p in peaks
+        )
         print(
-            f"trial {outcome.number + 1:>3}  {outcome.state:<8}  study process: "
-            f"RSS {rss_mib():7.1f} MiB, peak {peak_self:7.1f} MiB;  largest trial process "
-            f"peak {peak_children:7.1f} MiB;  {time.monotonic() - self.started:6.1f} s",
+            f"trial {outcome.number + 1:>3}  {outcome.state:<8}  study process RSS "
+            f"{rss_mib():6.0f} MiB;  trial process peak (MiB): {trial or '-'};  "
+            f"wall {outcome.wall_seconds:5.1f} s, fixed {outcome.fixed_seconds:4.1f} s;  "
+            f"{time.monotonic() - self.started:6.1f} s",
             flush=True,
         )
 
@@ -65,6 +126,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         path = Path(out) / "sweep.yaml"
@@ -87,9 +149,14 @@ def main() -> None:
         )
         print(
             f"isolation={args.isolation} backbone={args.backbone} {args.trials} trials, "
-            f"RSS before: {rss_mib():.1f} MiB"
+            f"{args.workers} worker(s), RSS before: {rss_mib():.1f} MiB"
         )
-        run_sweep(sweep, MemoryReporter())
+        reporter = MemoryReporter()
+        run_sweep(sweep, reporter, workers=args.workers)
+        print(
+            f"fixed cost per trial: median {statistics.median(reporter.fixed):.2f} s, "
+            f"max {max(reporter.fixed):.2f} s"
+        )
 
 
 if __name__ == "__main__":

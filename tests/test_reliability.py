@@ -174,18 +174,30 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path: Path, small_data: Path) 
     )
 
 
+def trial_pid(workdir: Path, number: int) -> int:
+    return load(workdir).trials[number].user_attrs["pid"]
+
+
+def trial_processes(pid: int) -> set[int]:
+    """The study's trial processes (not multiprocessing's resource tracker)."""
+    return {p for p in children(pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()}
+
+
 def test_a_killed_trial_fails_alone_and_is_retried(tmp_path: Path, small_data: Path) -> None:
     sweep = write_sweep(tmp_path, small_data)
     process = start(sweep, tmp_path)
     wait_for_a_trial_mid_training(process, tmp_path, number=0)
-    for child in children(process.pid):  # what the kernel's OOM killer would do
-        os.kill(child, signal.SIGKILL)
+    running = trial_pid(tmp_path, 0)
+    spares = trial_processes(process.pid) - {running}
+    assert len(spares) == 1  # the next trial's process, started while this one trains
+    os.kill(running, signal.SIGKILL)  # what the kernel's OOM killer would do
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 1, stderr[-2000:]
     assert "1 trial(s) failed" in stderr and "Traceback" not in stderr
     study = load(tmp_path)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert "the trial's process died (killed by signal 9)" in study.trials[0].user_attrs["error"]
+    assert study.trials[1].user_attrs["pid"] in spares  # the spare ran the next trial
     failed_runs = [r for r in mlflow_runs(tmp_path) if r.info.status == "FAILED"]
     assert len(failed_runs) == 1, [
         (r.info.run_name, r.info.status, r.data.tags) for r in mlflow_runs(tmp_path)
@@ -195,6 +207,23 @@ def test_a_killed_trial_fails_alone_and_is_retried(tmp_path: Path, small_data: P
     result = rerun(sweep, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert_every_point_complete_once(tmp_path)
+
+
+def test_a_killed_spare_process_costs_no_trial(tmp_path: Path, small_data: Path) -> None:
+    sweep = write_sweep(tmp_path, small_data)
+    process = start(sweep, tmp_path)
+    wait_for_a_trial_mid_training(process, tmp_path, number=0)
+    (spare,) = trial_processes(process.pid) - {trial_pid(tmp_path, 0)}
+    os.kill(spare, signal.SIGKILL)  # dies while it waits for its trial
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-2000:]
+    assert_every_point_complete_once(tmp_path)
+    study = load(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * CONFIGURATIONS
+    assert spare not in {t.user_attrs["pid"] for t in study.trials}
+    for run in mlflow_runs(tmp_path):
+        if run.data.tags.get("ablation.role") == "trial":  # each trial's cost outside training
+            assert 0 <= run.data.metrics["fixed_seconds"] <= run.data.metrics["wall_seconds"]
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sighup"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -89,6 +90,37 @@ def test_two_workers_on_one_machine_share_the_grid(tmp_path: Path, small_data: P
     # The two workers really ran side by side: some trials overlap in time.
     spans = sorted((r.info.start_time, r.info.end_time) for r in children)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    # Each worker's trial processes computed with half the cores (at least one thread).
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    for child in children:
+        threads = json.loads(child.data.tags["ablation.threads"])
+        assert threads == {"intra_op": share, "inter_op": share, "pipeline": share}
+
+
+def test_threads_per_trial_process_can_be_set(tmp_path: Path, small_data: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.format(data=small_data))
+    finish(
+        run(
+            sweep,
+            tmp_path,
+            "--workers",
+            "2",
+            "--threads",
+            "3",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "study.seeds=[0]",
+        )
+    )
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("scale")
+    trials = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
+    assert len(trials) == 3
+    for trial in trials:
+        threads = json.loads(trial.data.tags["ablation.threads"])
+        assert threads == {"intra_op": 3, "inter_op": 3, "pipeline": 3}
 
 
 @pytest.fixture

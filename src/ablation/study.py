@@ -35,6 +35,7 @@ from ablation.data import Images, load_images, write_images
 from ablation.errors import UserError
 from ablation.factors import Params
 from ablation.figures import data_figures, write_figures
+from ablation.isolation import SpareProcesses
 from ablation.models import mobilenet_v2_base, weights_fingerprint
 from ablation.plan import grid_points
 from ablation.records import ParamName
@@ -93,6 +94,20 @@ def run_sweep(
     """
     if workers > 1 and sweep.study.isolation != "process":
         raise UserError("--workers above 1 needs study.isolation: process")
+    # Each worker's first trial process starts now and gets ready while the data is decoded.
+    share = share_of_cores(workers, threads=threads)
+    isolated = sweep.study.isolation == "process"
+    spares = [SpareProcesses(sweep, share) for _ in range(workers)] if isolated else []
+    try:
+        return _run_sweep(sweep, reporter or SilentReporter(), workers, spares)
+    finally:
+        for spare in spares:
+            spare.close()
+
+
+def _run_sweep(
+    sweep: Sweep, reporter: Reporter, workers: int, spares: list[SpareProcesses]
+) -> StudySummary:
     images = load_images(sweep.data)
     if space.uses_pretrained(sweep.space):
         _check_weights(sweep)
@@ -110,6 +125,8 @@ def run_sweep(
         )
         _recover_dead_trials(study, tracker)
         planned, to_run = _enqueue(study, sweep)
+    for spare in spares:
+        spare.stores_ready()
     _attach_data_pictures(sweep, images, tracker, parent_id)
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
     context = Context(
@@ -120,9 +137,9 @@ def run_sweep(
         parent_id,
         identity,
         weights,
-        reporter or SilentReporter(),
+        reporter,
         to_run,
-        threads=share_of_cores(workers, threads=threads),
+        spares,
     )
     interrupted = True
     try:

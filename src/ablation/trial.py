@@ -93,12 +93,7 @@ class Stores:
 
 
 def open_stores(sweep: Sweep) -> Stores:
-    """Open the sweep's MLflow store and Optuna study, and import what recording a trial
-    needs (a trial process does it before its trial comes)."""
-    import mlflow.keras  # noqa: F401  (imported on first use otherwise: inside the trial's time)
-    import tensorflow as tf
-
-    tf.constant(0.0) + 1.0  # TensorFlow's runtime starts now, not in the first epoch
+    """Open the sweep's MLflow store and Optuna study (a trial process does it ahead)."""
     return Stores(Tracker(sweep.tracking, sweep.experiment_name), open_study(sweep))
 
 

@@ -89,19 +89,15 @@ class Context:
     weights: dict[str, Any]  # params of the trials with a pretrained backbone
     reporter: Reporter
     total: int  # trials this invocation means to run
-    threads: int = 1  # each trial process's threads (TensorFlow's pools, the data pipeline's)
+    spares: list[SpareProcesses] = field(default_factory=list)  # per worker, when isolated
     started: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def work(study: optuna.Study, context: Context, summary: StudySummary) -> None:
+def work(study: optuna.Study, context: Context, summary: StudySummary, worker: int = 0) -> None:
     """Run trials one after another until the study has none left for this invocation."""
-    spares = (
-        SpareProcesses(context.sweep, context.images_file, context.threads)
-        if context.images_file is not None
-        else None
-    )
+    spares = context.spares[worker] if context.spares else None
     try:
         while not context.stop.is_set():
             trial = _next_trial(study, context)
@@ -126,14 +122,16 @@ def work_in_threads(
     """
     errors: list[BaseException] = []
 
-    def loop() -> None:
+    def loop(worker: int) -> None:
         try:
-            work(study, context, summary)
+            work(study, context, summary, worker)
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
             context.stop.set()
 
-    threads = [threading.Thread(target=loop, name=f"worker-{n}") for n in range(workers)]
+    threads = [
+        threading.Thread(target=loop, args=(n,), name=f"worker-{n}") for n in range(workers)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -236,10 +234,11 @@ def _train_trial(spec: TrialSpec, context: Context, spares: SpareProcesses | Non
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         context.reporter.epoch_ended(spec.label, epoch, epochs, metrics)
 
-    if spares is not None:
+    if spares is not None and context.images_file is not None:
         with context.lock:
             more_to_come = context.started < context.total
-        return spares.take(more_to_come=more_to_come).run(spec, on_epoch, context.stop)
+        process = spares.take(more_to_come=more_to_come)
+        return process.run(spec, context.images_file, on_epoch, context.stop)
     return run_trial(spec, context.images, on_epoch)
 
 
