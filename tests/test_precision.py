@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ablation import load_sweep, run_sweep
 from ablation.config import PretrainedWeights, Sweep, Train
 from ablation.factors import Configuration
 from ablation.precision import (
@@ -210,3 +211,53 @@ def test_a_real_timing_in_a_spawned_process() -> None:
         assert set(timing) == {"float32", "mixed_bfloat16"}  # no GPU here
         assert all(0 < seconds < 60 for seconds in timing.values())
         assert pick(timing) in ("float32", "mixed_bfloat16")
+
+
+STUDY = """
+study: {{name: auto, sampler: grid, seeds: [0]}}
+data: {{source: {data}, image_size: [64, 64], batch_size: 8, limit_per_class: 4}}
+train: {{epochs: 1, precision: auto}}
+model: {{weights: {weights}, alpha: 0.35}}
+space:
+  backbone: {{choice: [cnn, mobilenet_v2]}}
+  augment:  {{choice: [true]}}
+tracking: {{experiment: auto}}
+"""
+
+
+@pytest.mark.slow
+def test_a_study_records_the_measured_policy_on_each_trial(
+    small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "auto.yaml"
+    path.write_text(STUDY.format(data=small_data, weights=SMALL_WEIGHTS))
+    summary = run_sweep(load_sweep(path))
+    assert [o.state for o in summary.outcomes] == ["COMPLETE", "COMPLETE"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    [timing] = client.list_artifacts(summary.parent_run_id, "precision_timing")
+    record = json.loads(
+        Path(client.download_artifacts(summary.parent_run_id, timing.path)).read_text()
+    )
+    assert record["machine"] == machine_identity()
+    decided = {b: entry["policy"] for b, entry in record["backbones"].items()}
+    cache = json.loads((tmp_path / "mlruns" / "cache" / CACHE_FILE).read_text())
+    [entry] = cache["machines"].values()
+    assert {s["policy"] for s in entry["shapes"].values()} == set(decided.values())
+    for outcome in summary.outcomes:
+        run = client.get_run(outcome.run_id)
+        backbone = run.data.params["backbone"]
+        assert run.data.params["precision"] == decided[backbone]
+        local = client.download_artifacts(outcome.run_id, "model.keras", str(tmp_path / backbone))
+        dtype = keras.saving.load_model(local).layers[-2].compute_dtype  # before the logits
+        assert dtype == ("bfloat16" if decided[backbone] == "mixed_bfloat16" else "float32")
+    sweep_yaml = client.download_artifacts(summary.parent_run_id, "sweep.yaml", str(tmp_path))
+    assert "precision: auto" in Path(sweep_yaml).read_text()  # as written
+    again = run_sweep(load_sweep(path))  # timed no more: read from the cache
+    record = json.loads(
+        Path(client.download_artifacts(again.parent_run_id, timing.path)).read_text()
+    )
+    assert all(entry["cached"] for entry in record["backbones"].values())
