@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ablation.precision
 from ablation.config import Precision, PretrainedWeights, Train
 from ablation.errors import UserError
 from ablation.factors import Configuration
@@ -16,7 +15,7 @@ from ablation.models import (
     unfreeze_top,
     weights_fingerprint,
 )
-from ablation.precision import dtype_policy, has_bfloat16_flags
+from ablation.precision import dtype_policy
 from ablation.space import BLOG_MODELS, configuration
 from conftest import SMALL_WEIGHTS, WEIGHTS
 
@@ -193,24 +192,6 @@ def test_precision_one_policy_or_one_per_backbone() -> None:
     per_backbone = Train(precision={"cnn": "mixed_bfloat16"})
     assert dtype_policy(per_backbone, CNN) == "mixed_bfloat16"
     assert dtype_policy(per_backbone, MOBILENET) == "float32"
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_is_bfloat16_for_the_cnn_only_where_the_cpu_has_it(
-    monkeypatch: pytest.MonkeyPatch, native: bool
-) -> None:
-    monkeypatch.setattr(ablation.precision, "_cpu_computes_bfloat16", lambda: native)
-    auto = Train(precision="auto")
-    assert dtype_policy(auto, CNN) == ("mixed_bfloat16" if native else "float32")
-    assert dtype_policy(auto, MOBILENET) == "float32"
-
-
-def test_bfloat16_flags_are_read_from_cpuinfo() -> None:
-    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
-    sapphire_rapids = "flags\t\t: fpu avx512f amx_bf16 amx_tile\n"
-    zen3 = "flags\t\t: fpu avx2 fma\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n"
-    assert has_bfloat16_flags(zen4) and has_bfloat16_flags(sapphire_rapids)
-    assert not has_bfloat16_flags(zen3) and not has_bfloat16_flags("")
 
 
 # Beyond the blog: each factor's effect on the built model.

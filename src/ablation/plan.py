@@ -94,17 +94,18 @@ def _epochs(sweep: Sweep) -> str:
 
 def _precision(sweep: Sweep) -> str:
     """Each backbone's dtype policy where it is not plain float32, e.g. ``; cnn in
-    mixed_bfloat16 (precision: auto)``."""
+    mixed_bfloat16, mobilenet_v2 in float32`` (``auto`` is timed when the study runs)."""
     if sweep.train.precision == "float32":
         return ""
+    if sweep.train.precision == "auto":
+        return "; precision: auto (timed once per machine when the study runs)"
     searched = sweep.space.get("backbone")
     backbones = searched.choice if searched and searched.choice else [Configuration().backbone]
     policies = ", ".join(
         f"{backbone} in {dtype_policy(sweep.train, space.configuration({'backbone': backbone}))}"
         for backbone in backbones
     )
-    auto = " (precision: auto)" if sweep.train.precision == "auto" else ""
-    return f"; {policies}{auto}"
+    return f"; {policies}"
 
 
 def _format_params(params: Params) -> str:

@@ -1,63 +1,350 @@
 """Which Keras dtype policy a configuration's model computes in (``train.precision``).
 
-``auto`` picks what was measured faster on this project's machines
-(``bench/README.md``): bfloat16 for the small CNN (1.9x on a CPU with AVX512-BF16),
-float32 for MobileNetV2 (bfloat16 was slower), and float32 for every model on a
-machine whose CPU lacks native bfloat16 or that has a GPU (not measured there).
+A policy as written (``float32``, ``mixed_bfloat16``, ``mixed_float16``) or one per
+backbone (``{cnn: mixed_bfloat16}``; a backbone left out computes in float32) is
+looked up by :func:`dtype_policy`. ``auto`` is decided by measurement: before any
+trial, :func:`ablation.study.run_sweep` calls :func:`resolve_auto`, which times a
+few training steps of each backbone's :class:`Shape` in each candidate policy
+(float32 and mixed_bfloat16, plus mixed_float16 where TensorFlow sees a GPU) in a
+spawned process, and picks the fastest only if it takes at least :data:`MARGIN`
+less time per step than float32 (:func:`pick`); otherwise float32. Decision and
+timings are kept in ``data.cache_dir/precision.json`` per machine
+(:func:`machine_identity`) and shape, so later studies on the machine skip the
+timing. ``auto`` left unresolved (a model built outside a study: tests, bench, a
+dry run) computes in float32, which every machine computes.
 
 Example:
     >>> from ablation.config import Train
     >>> from ablation.factors import Configuration
-    >>> dtype_policy(Train(precision={"cnn": "mixed_bfloat16"}), Configuration(backbone="cnn"))
-    'mixed_bfloat16'
-    >>> dtype_policy(Train(precision={"cnn": "mixed_bfloat16"}),
-    ...              Configuration(backbone="mobilenet_v2"))
+    >>> per_backbone = Train(precision={"cnn": "mixed_bfloat16"})
+    >>> [dtype_policy(per_backbone, Configuration(backbone=b)) for b in ("cnn", "mobilenet_v2")]
+    ['mixed_bfloat16', 'float32']
+    >>> dtype_policy(Train(precision="auto"), Configuration())  # not resolved: float32
     'float32'
-    >>> has_bfloat16_flags("flags\\t\\t: fpu sse2 avx512f avx512_bf16\\n")
-    True
+    >>> pick({"float32": 1.00, "mixed_bfloat16": 0.98})  # 2% faster: not a clear win
+    'float32'
+    >>> pick({"float32": 1.00, "mixed_bfloat16": 0.53})
+    'mixed_bfloat16'
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any, get_args
 
-from ablation.config import Precision, Train
-from ablation.factors import Configuration
+from ablation.config import Precision, PretrainedWeights, Sweep, Train
+from ablation.cores import available_cores
+from ablation.errors import first_line
+from ablation.factors import BackboneName, Configuration, is_one_of
+from ablation.models import build_model, compile_model
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.10
+"""A policy other than float32 is picked only if its step takes at least 10% less time:
+closer than that is within run-to-run noise, and float32 is the blog's arithmetic."""
+WARMUP_STEPS = 2  # traced and warmed up, not timed
+TIMED_STEPS = 5  # the median of these is a policy's time per step
+CACHE_FILE = "precision.json"
+_CACHE_FORMAT = 1  # a cache file of another format is ignored (measured again)
+
+Timings = dict[str, float]  # policy -> seconds per training step
+# Times each shape's training step in every candidate policy (tests fake it).
+Measure = Callable[[Sequence["Shape"], PretrainedWeights], list[Timings]]
 
 
 def dtype_policy(train: Train, configuration: Configuration) -> Precision:
     """The Keras dtype policy of a configuration's model (its logits stay float32)."""
-    if train.precision == "auto":
-        # The small CNN (the one backbone that is not pretrained) is the one that gains.
-        if not configuration.pretrained and _cpu_computes_bfloat16():
-            return "mixed_bfloat16"
+    if train.precision == "auto":  # not resolved by resolve_auto
         return "float32"
     if isinstance(train.precision, dict):
         return train.precision.get(configuration.backbone, "float32")
     return train.precision
 
 
+def pick(timings: Timings) -> Precision:
+    """The fastest policy if it beats float32 by :data:`MARGIN`, else float32."""
+    fastest = min(timings, key=timings.__getitem__)
+    if timings[fastest] <= (1 - MARGIN) * timings["float32"]:
+        return fastest  # type: ignore[return-value]
+    return "float32"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The training step timed for a backbone: what its speed depends on.
+
+    Not part of it: the number of classes (only the logits' width; timed with 2)
+    and the weights file (its values do not change the arithmetic).
+
+    >>> Shape("mobilenet_v2", (160, 160), 32, augment=True, alpha=1.0).key
+    'mobilenet_v2 160x160 batch 32 alpha 1 augment'
+    """
+
+    backbone: BackboneName
+    image_size: tuple[int, int]
+    batch_size: int
+    augment: bool  # random flip and rotation in front: the frozen backbone runs every step
+    alpha: float | None = None  # MobileNetV2's width; None for the CNN
+
+    @property
+    def key(self) -> str:
+        size, augment = "x".join(map(str, self.image_size)), "" if self.augment else " no"
+        alpha = f" alpha {self.alpha:g}" if self.alpha is not None else ""
+        return f"{self.backbone} {size} batch {self.batch_size}{alpha}{augment} augment"
+
+
+def timed_shapes(sweep: Sweep) -> dict[str, Shape]:
+    """For each backbone the space can produce, the step timed: with augmentation if any
+    of its configurations augments (the heaviest step; without it a frozen backbone's
+    features are computed once). Fine-tuning steps are not timed.
+
+    >>> from ablation.config import load_sweep
+    >>> [shape.key for shape in timed_shapes(load_sweep("sweeps/blog.yaml")).values()]
+    ['cnn 160x160 batch 32 augment', 'mobilenet_v2 160x160 batch 32 alpha 1 augment']
+    """
+    factor = sweep.space.get("backbone")
+    backbones = (
+        factor.choice if factor is not None and factor.choice else [Configuration().backbone]
+    )
+    shapes = {}
+    for backbone in backbones:
+        pretrained = Configuration(backbone=backbone).pretrained  # type: ignore[arg-type]
+        shapes[str(backbone)] = Shape(
+            backbone,  # type: ignore[arg-type]
+            tuple(sweep.data.image_size),  # type: ignore[arg-type]
+            sweep.data.batch_size,
+            augment=_may_augment(sweep, backbone),
+            alpha=sweep.model.alpha if pretrained else None,
+        )
+    return shapes
+
+
+def _may_augment(sweep: Sweep, backbone: object) -> bool:
+    factor = sweep.space.get("augment")
+    if factor is None or factor.choice is None:
+        return Configuration().augment
+    if "backbone" in factor.when and not is_one_of(backbone, factor.condition("backbone")):
+        return Configuration().augment  # augment does not exist for this backbone
+    return is_one_of(True, factor.choice)
+
+
+def resolve_auto(sweep: Sweep, measure: Measure | None = None) -> tuple[Sweep, dict[str, Any]]:
+    """The sweep with ``precision: auto`` replaced by the measured ``{backbone: policy}``,
+    and what decided it (for the study's record); any other sweep as it is, and ``{}``.
+
+    Args:
+        sweep: The validated sweep (its MobileNetV2 weights loadable).
+        measure: Times shapes not in the cache; default :func:`measure_in_process`.
+    """
+    if sweep.train.precision != "auto":
+        return sweep, {}
+    shapes = timed_shapes(sweep)
+    machine = machine_identity()
+    cache = Path(sweep.data.cache_dir) / CACHE_FILE if sweep.data.cache_dir else None
+    decided = _decide(list(shapes.values()), sweep.model, machine, cache, measure)
+    policies = {backbone: decided[shape.key]["policy"] for backbone, shape in shapes.items()}
+    train = sweep.train.model_copy(update={"precision": policies})
+    record = {
+        "machine": machine,
+        "margin": MARGIN,
+        "backbones": {b: {"shape": s.key, **decided[s.key]} for b, s in shapes.items()},
+    }
+    return sweep.model_copy(update={"train": train}), record
+
+
+def _decide(
+    shapes: list[Shape],
+    weights: PretrainedWeights,
+    machine: dict[str, Any],
+    cache: Path | None,
+    measure: Measure | None,
+) -> dict[str, dict[str, Any]]:
+    """Each shape's policy and timings, from the cache or measured (and then cached)."""
+    key = machine_key(machine)
+    # One timing at a time per cache folder: none doubled, none slowed by another.
+    with _locked(cache) if cache else contextlib.nullcontext():
+        known = _read_cache(cache).get(key, {}).get("shapes", {}) if cache else {}
+        decided = {s.key: {**known[s.key], "cached": True} for s in shapes if s.key in known}
+        missing = [shape for shape in shapes if shape.key not in known]
+        if not missing:
+            return decided
+        log.info("precision: auto: timing %s, once", "; ".join(s.key for s in missing))
+        try:
+            measured = (measure or measure_in_process)(missing, weights)
+        except Exception as exc:  # a crashed or failing timing must not stop the study
+            log.warning("precision: auto: the timing failed (%s); float32", first_line(exc))
+            return {**decided, **{s.key: {"policy": "float32", "cached": False} for s in missing}}
+        fresh = {
+            shape.key: {
+                "policy": pick(timings),
+                "seconds_per_step": {p: float(f"{t:.4g}") for p, t in timings.items()},
+            }
+            for shape, timings in zip(missing, measured, strict=True)
+        }
+        if cache is not None:
+            _write_cache(cache, key, machine, fresh)
+    return {**decided, **{k: {**v, "cached": False} for k, v in fresh.items()}}
+
+
+def machine_identity() -> dict[str, Any]:
+    """What a timing depends on besides the shape, read without importing TensorFlow: the
+    CPU (model name, a hash of its feature flags), the cores this process may use,
+    TensorFlow's and Keras's versions and the NVIDIA GPUs the driver lists."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    flags = " ".join(sorted(set((fields.get("flags") or fields.get("Features") or "").split())))
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+        "cores": available_cores(),
+        "tensorflow": _version("tensorflow"),
+        "keras": _version("keras"),
+        "gpus": _gpu_names(),
+    }
+
+
+def machine_key(machine: dict[str, Any]) -> str:
+    """A short hash of a machine's identity (the cache's key)."""
+    return hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @functools.cache
-def _cpu_computes_bfloat16() -> bool:
-    """No GPU, and a CPU with bfloat16 instructions (Linux's /proc/cpuinfo flags)."""
+def _version(package: str) -> str:
+    """The installed version of the distribution(s) giving ``package`` (tensorflow-cpu...)."""
+    names = metadata.packages_distributions().get(package, [])
+    return ", ".join(sorted(f"{name} {metadata.version(name)}" for name in set(names))) or "none"
+
+
+def _gpu_names() -> list[str]:
+    """The NVIDIA driver's GPU models (Linux), and which of them CUDA may use if that is set."""
+    names = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        with contextlib.suppress(OSError):
+            lines = info.read_text().splitlines()
+            names += [line.partition(":")[2].strip() for line in lines if line.startswith("Model:")]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [*names, f"CUDA_VISIBLE_DEVICES={visible}"] if names and visible is not None else names
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_name(f"{cache.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """machine key -> {"machine", "shapes": {shape key: {"policy", "seconds_per_step"}}};
+    a missing, unreadable or foreign file reads as empty (and is timed again)."""
+    try:
+        data = json.loads(path.read_text())
+        machines = data["machines"] if data.get("format") == _CACHE_FORMAT else {}
+        for entry in machines.values():  # a bad entry reads as missing: timed again
+            shapes = entry["shapes"].items()
+            entry["shapes"] = {k: v for k, v in shapes if v.get("policy") in get_args(Precision)}
+        return dict(machines)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("precision: %s is unreadable (%s); timing again", path, first_line(exc))
+        return {}
+
+
+def _write_cache(
+    path: Path, key: str, machine: dict[str, Any], shapes: dict[str, dict[str, Any]]
+) -> None:
+    """Add ``shapes`` to the machine's entry: written beside, then renamed over the file, so
+    that a reader (another machine on a shared folder) sees the old file or the new one."""
+    machines = _read_cache(path)
+    entry = machines.setdefault(key, {"machine": machine, "shapes": {}})
+    entry["shapes"].update(shapes)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"format": _CACHE_FORMAT, "machines": machines}, indent=1))
+    partial.replace(path)
+
+
+def measure_in_process(shapes: Sequence[Shape], weights: PretrainedWeights) -> list[Timings]:
+    """:func:`time_shapes` in a fresh spawned process: this one keeps no model or graph."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(time_shapes, list(shapes), weights).result()
+
+
+def time_shapes(
+    shapes: Sequence[Shape],
+    weights: PretrainedWeights,
+    warmup: int = WARMUP_STEPS,
+    steps: int = TIMED_STEPS,
+) -> list[Timings]:
+    """Seconds per training step of each shape in each candidate policy, in this process.
+
+    Each step trains on one batch of random 0-255 images, with deterministic ops as a
+    trial does; the policies' steps alternate, so that a change of load on the machine
+    falls on every policy alike, and each policy's median is kept.
+    """
     import tensorflow as tf
 
+    tf.config.experimental.enable_op_determinism()
+    policies: list[Precision] = ["float32", "mixed_bfloat16"]
     if tf.config.list_physical_devices("GPU"):
-        return False
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return has_bfloat16_flags(cpuinfo)
+        policies.append("mixed_float16")
+    return [_time_policies(shape, weights, policies, warmup, steps) for shape in shapes]
 
 
-def has_bfloat16_flags(cpuinfo: str) -> bool:
-    """Whether /proc/cpuinfo's flags name native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
-    flags = {
-        flag
-        for line in cpuinfo.splitlines()
-        if line.startswith("flags")
-        for flag in line.partition(":")[2].split()
-    }
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+def _time_policies(
+    shape: Shape, weights: PretrainedWeights, policies: list[Precision], warmup: int, steps: int
+) -> Timings:
+    import keras
+    import numpy as np
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (shape.batch_size, *shape.image_size, 3)).astype("float32")
+    y = rng.integers(0, 2, shape.batch_size)
+    configuration = Configuration(backbone=shape.backbone, augment=shape.augment)
+    models = {}
+    for policy in policies:
+        network = build_model(
+            configuration,
+            image_size=shape.image_size,
+            num_classes=2,
+            weights=weights,
+            precision=policy,
+        )
+        compile_model(network.model, "adam", 0.001)
+        models[policy] = network.model
+    keras.mixed_precision.set_global_policy("float32")
+    for model in models.values():
+        for _ in range(warmup):
+            model.train_on_batch(x, y)
+    seconds: dict[str, list[float]] = {policy: [] for policy in models}
+    for _ in range(steps):
+        for policy, model in models.items():
+            started = time.perf_counter()
+            model.train_on_batch(x, y)
+            seconds[policy].append(time.perf_counter() - started)
+    return {policy: statistics.median(times) for policy, times in seconds.items()}

@@ -125,6 +125,7 @@ ARTIFACT_LOGGED_MODEL = "model"  # the trial's MLflow LoggedModel (Keras flavour
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DEFAULT_ALIAS = "champion"  # the alias `ablation.best --register` moves to its version
 ARTIFACT_DATA_DIR = "data"  # the study run's data pictures
+ARTIFACT_PRECISION_DIR = "precision_timing"  # the study run's precision: auto, one JSON per machine
 ARTIFACT_CONFUSION = "confusion_matrix.json"  # test set: class_names, counts[true][predicted]
 ARTIFACT_CONFUSION_PLOT = "confusion_matrix.png"
 

@@ -38,7 +38,8 @@ from ablation.figures import data_figures, write_figures
 from ablation.isolation import SpareProcesses
 from ablation.models import mobilenet_v2_base, weights_fingerprint
 from ablation.plan import grid_points
-from ablation.records import ParamName
+from ablation.precision import machine_key, resolve_auto
+from ablation.records import ARTIFACT_PRECISION_DIR, ParamName
 from ablation.redaction import redact, redacted
 from ablation.storage import (
     fail_dead_trials,
@@ -113,6 +114,8 @@ def _run_sweep(
         _check_weights(sweep)
     study = open_study(sweep)
     tracker = Tracker(sweep.tracking, sweep.experiment_name)
+    written = sweep  # as the user wrote it (precision: auto): the study run's sweep.yaml
+    sweep, precision = resolve_auto(sweep)  # from here on one policy per backbone, trials too
     identity = _identity(sweep, images)
     weights = _weights_identity(sweep)
     # Under the study's lock, so that processes joining at once (several machines)
@@ -121,13 +124,16 @@ def _run_sweep(
         parent_id = tracker.study_run(
             sweep.study.name,
             {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},
-            sweep_yaml(sweep),
+            sweep_yaml(written),
         )
         _recover_dead_trials(study, tracker)
         planned, to_run = _enqueue(study, sweep)
     for spare in spares:
         spare.stores_ready()
     _attach_data_pictures(sweep, images, tracker, parent_id)
+    if precision:
+        name = f"{ARTIFACT_PRECISION_DIR}/{machine_key(precision['machine'])}.json"
+        tracker.log_json(parent_id, precision, name)
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
     context = Context(
         sweep,

@@ -155,6 +155,10 @@ class Tracker:
         status = RunStatus.KILLED if interrupted else RunStatus.FINISHED
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
 
+    def log_json(self, run_id: str, data: Mapping[str, Any], path: str) -> None:
+        """Log ``data`` as a JSON artifact of a run (e.g. the study run's precision timing)."""
+        self.client.log_dict(run_id, dict(data), path)
+
     def attach_report(self, run_id: str, files: Sequence[Path]) -> None:
         """Log the report's files as artifacts of the study's parent run (under ``report/``)."""
         for path in files:
