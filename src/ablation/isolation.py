@@ -131,7 +131,7 @@ class SpareProcesses:
 
     def __init__(self, sweep: Sweep, threads: int) -> None:
         self._sweep = sweep
-        self._threads = threads
+        self.threads = threads
         self._stores_ready = False
         self._spare: TrialProcess | None = TrialProcess(sweep, threads)  # ready while we set up
 
@@ -142,7 +142,7 @@ class SpareProcesses:
             self._spare.open_stores()
 
     def _start(self) -> TrialProcess:
-        process = TrialProcess(self._sweep, self._threads)
+        process = TrialProcess(self._sweep, self.threads)
         if self._stores_ready:
             process.open_stores()
         return process

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from ablation.config import Precision, PretrainedWeights, Sweep, Train
-from ablation.cores import available_cores
+from ablation.cores import available_cores, use_threads
 from ablation.errors import first_line
 from ablation.factors import BackboneName, Configuration, is_one_of
 from ablation.models import build_model, compile_model
@@ -62,7 +62,6 @@ WARMUP_STEPS = 2  # traced and warmed up, not timed
 TIMED_STEPS = 5  # the median of these is a policy's time per step
 CACHE_FILE = "precision.json"
 _CACHE_FORMAT = 1  # a cache file of another format is ignored (measured again)
-
 Timings = dict[str, float]  # policy -> seconds per training step
 # Times each shape's training step in every candidate policy (tests fake it).
 Measure = Callable[[Sequence["Shape"], PretrainedWeights], list[Timings]]
@@ -144,19 +143,21 @@ def _may_augment(sweep: Sweep, backbone: object) -> bool:
     return is_one_of(True, factor.choice)
 
 
-def resolve_auto(sweep: Sweep, measure: Measure | None = None) -> tuple[Sweep, dict[str, Any]]:
+def resolve_auto(
+    sweep: Sweep, measure: Measure | None = None, threads: int | None = None
+) -> tuple[Sweep, dict[str, Any]]:
     """The sweep with ``precision: auto`` replaced by the measured ``{backbone: policy}``,
     and what decided it (for the study's record); any other sweep as it is, and ``{}``.
 
-    Args:
-        sweep: The validated sweep (its MobileNetV2 weights loadable).
-        measure: Times shapes not in the cache; default :func:`measure_in_process`.
+    ``measure`` times the shapes not in the cache (default :func:`measure_in_process`, with
+    ``threads``: a trial process's). The sweep's MobileNetV2 weights must load.
     """
     if sweep.train.precision != "auto":
         return sweep, {}
     shapes = timed_shapes(sweep)
-    machine = machine_identity()
+    machine = machine_identity(threads)
     cache = Path(sweep.data.cache_dir) / CACHE_FILE if sweep.data.cache_dir else None
+    measure = measure or functools.partial(measure_in_process, threads=threads)
     decided = _decide(list(shapes.values()), sweep.model, machine, cache, measure)
     policies = {backbone: decided[shape.key]["policy"] for backbone, shape in shapes.items()}
     train = sweep.train.model_copy(update={"precision": policies})
@@ -173,7 +174,7 @@ def _decide(
     weights: PretrainedWeights,
     machine: dict[str, Any],
     cache: Path | None,
-    measure: Measure | None,
+    measure: Measure,
 ) -> dict[str, dict[str, Any]]:
     """Each shape's policy and timings, from the cache or measured (and then cached)."""
     key = machine_key(machine)
@@ -186,7 +187,7 @@ def _decide(
             return decided
         log.info("precision: auto: timing %s, once", "; ".join(s.key for s in missing))
         try:
-            measured = (measure or measure_in_process)(missing, weights)
+            measured = measure(missing, weights)
         except Exception as exc:  # a crashed or failing timing must not stop the study
             log.warning("precision: auto: the timing failed (%s); float32", first_line(exc))
             return {**decided, **{s.key: {"policy": "float32", "cached": False} for s in missing}}
@@ -202,10 +203,9 @@ def _decide(
     return {**decided, **{k: {**v, "cached": False} for k, v in fresh.items()}}
 
 
-def machine_identity() -> dict[str, Any]:
-    """What a timing depends on besides the shape, read without importing TensorFlow: the
-    CPU (model name, a hash of its feature flags), the cores this process may use,
-    TensorFlow's and Keras's versions and the NVIDIA GPUs the driver lists."""
+def machine_identity(threads: int | None = None) -> dict[str, Any]:
+    """What a timing depends on besides the shape (TensorFlow not imported): CPU model and
+    flags, a trial's threads (default: every core), TensorFlow and Keras, NVIDIA GPUs."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
@@ -215,7 +215,7 @@ def machine_identity() -> dict[str, Any]:
     return {
         "cpu": fields.get("model name") or platform.processor() or platform.machine(),
         "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
-        "cores": available_cores(),
+        "cores": threads or available_cores(),
         "tensorflow": _version("tensorflow"),
         "keras": _version("keras"),
         "gpus": _gpu_names(),
@@ -286,10 +286,13 @@ def _write_cache(
     partial.replace(path)
 
 
-def measure_in_process(shapes: Sequence[Shape], weights: PretrainedWeights) -> list[Timings]:
-    """:func:`time_shapes` in a fresh spawned process: this one keeps no model or graph."""
+def measure_in_process(
+    shapes: Sequence[Shape], weights: PretrainedWeights, threads: int | None = None
+) -> list[Timings]:
+    """:func:`time_shapes` in a fresh spawned process with a trial's ``threads``."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    limit: dict[str, Any] = {"initializer": use_threads, "initargs": (threads,)} if threads else {}
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, **limit) as pool:
         return pool.submit(time_shapes, list(shapes), weights).result()
 
 
@@ -299,12 +302,9 @@ def time_shapes(
     warmup: int = WARMUP_STEPS,
     steps: int = TIMED_STEPS,
 ) -> list[Timings]:
-    """Seconds per training step of each shape in each candidate policy, in this process.
-
-    Each step trains on one batch of random 0-255 images, with deterministic ops as a
-    trial does; the policies' steps alternate, so that a change of load on the machine
-    falls on every policy alike, and each policy's median is kept.
-    """
+    """Seconds per training step of each shape in each candidate policy, in this process:
+    one batch of random 0-255 images per step, deterministic ops as in a trial, the
+    policies' steps alternating (a change of load falls on all alike), medians kept."""
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()

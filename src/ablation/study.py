@@ -115,7 +115,8 @@ def _run_sweep(
     study = open_study(sweep)
     tracker = Tracker(sweep.tracking, sweep.experiment_name)
     written = sweep  # as the user wrote it (precision: auto): the study run's sweep.yaml
-    sweep, precision = resolve_auto(sweep)  # from here on one policy per backbone, trials too
+    # From here on one policy per backbone, for the trials too.
+    sweep, precision = resolve_auto(sweep, threads=spares[0].threads if spares else None)
     identity = _identity(sweep, images)
     weights = _weights_identity(sweep)
     # Under the study's lock, so that processes joining at once (several machines)
