@@ -95,19 +95,22 @@ def run_sweep(
     """
     if workers > 1 and sweep.study.isolation != "process":
         raise UserError("--workers above 1 needs study.isolation: process")
-    # Each worker's first trial process starts now and gets ready while the data is decoded.
-    share = share_of_cores(workers, threads=threads)
-    isolated = sweep.study.isolation == "process"
-    spares = [SpareProcesses(sweep, share) for _ in range(workers)] if isolated else []
+    spares: list[SpareProcesses] = []  # each worker's next trial process
     try:
-        return _run_sweep(sweep, reporter or SilentReporter(), workers, spares)
+        return _run_sweep(
+            sweep,
+            reporter or SilentReporter(),
+            workers,
+            share_of_cores(workers, threads=threads),
+            spares,
+        )
     finally:
         for spare in spares:
             spare.close()
 
 
 def _run_sweep(
-    sweep: Sweep, reporter: Reporter, workers: int, spares: list[SpareProcesses]
+    sweep: Sweep, reporter: Reporter, workers: int, threads: int, spares: list[SpareProcesses]
 ) -> StudySummary:
     images = load_images(sweep.data)
     if space.uses_pretrained(sweep.space):
@@ -115,8 +118,11 @@ def _run_sweep(
     study = open_study(sweep)
     tracker = Tracker(sweep.tracking, sweep.experiment_name)
     written = sweep  # as the user wrote it (precision: auto): the study run's sweep.yaml
-    # From here on one policy per backbone, for the trials too.
-    sweep, precision = resolve_auto(sweep, threads=spares[0].threads if spares else None)
+    # From here on one policy per backbone, for the trials too (timed with no trial
+    # process yet to disturb the timing).
+    sweep, precision = resolve_auto(sweep, threads=threads)
+    if sweep.study.isolation == "process":  # each worker's first trial process gets ready now
+        spares += [SpareProcesses(sweep, threads) for _ in range(workers)]
     identity = _identity(sweep, images)
     weights = _weights_identity(sweep)
     # Under the study's lock, so that processes joining at once (several machines)
