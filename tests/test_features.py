@@ -19,6 +19,7 @@ from ablation.features import (
     epoch_orders,
     epoch_training,
     feature_key,
+    feature_steps,
     load_features,
     plan_features,
 )
@@ -227,10 +228,11 @@ def test_an_epochs_features_are_the_whole_models(
         return build_model(choices, image_size=(96, 96), num_classes=2, weights=sweep.model, seed=3)
 
     ours = network()
-    assert ours.augmenter is not None and ours.backbone is not None
+    assert ours.backbone is not None
+    augment, extract = feature_steps(ours)
     computed = np.empty((len(x), *ours.backbone.output.shape[1:]), "float32")
     passes = 0
-    for rows, passed in augmented_features(ours.augmenter, ours.backbone, x, order, batch_size):
+    for rows, passed in augmented_features(augment, extract, x, order, batch_size):
         computed[rows] = passed
         passes += 1
     assert passes == 2  # 32 images (two batches), then 16
@@ -260,10 +262,12 @@ def test_per_epoch_features_train_as_the_whole_model(
     """
     monkeypatch.setattr(features, "INFERENCE_BATCH_SIZE", 64)  # two passes per epoch of 80
     choices = FROZEN.model_copy(update={"augment": True, "rotation": 0.2})
+    stopping = ["train.patience=1", "train.epochs=4"]  # may stop early, keeps the best epoch
     if fine_tune:
         choices = choices.model_copy(update={"fine_tune_layers": 10, "fine_tune_epochs": 1})
-    whole_sweep = small_sweep(data_40, tmp_path / "a", "train.cache_features=false")
-    sweep = small_sweep(data_40, tmp_path / "b")
+        stopping = []
+    whole_sweep = small_sweep(data_40, tmp_path / "a", "train.cache_features=false", *stopping)
+    sweep = small_sweep(data_40, tmp_path / "b", *stopping)
     images = load_images(sweep.data)
     reported: dict[str, list] = {"whole": [], "per epoch": []}
     whole = train(
@@ -287,11 +291,13 @@ def test_per_epoch_features_train_as_the_whole_model(
         == sorted(whole.history)
         == ["accuracy", "loss", "val_accuracy", "val_loss"]
     )
-    assert len(ours.history["loss"]) == (4 if fine_tune else 3)
+    val_image = 1 / len(images.y_val)
+    assert (ours.epochs_run, ours.kept_epoch) == (whole.epochs_run, whole.kept_epoch)
+    assert ours.model_val_accuracy == pytest.approx(whole.model_val_accuracy, abs=val_image)
+    assert ours.epochs_run >= (4 if fine_tune else 2)  # 3 + 1 fine-tuning epoch; patience 1
     for name in ("loss", "val_loss"):
         np.testing.assert_allclose(ours.history[name], whole.history[name], rtol=1e-4)
     np.testing.assert_allclose(ours.history["accuracy"], whole.history["accuracy"], atol=1 / 80)
-    val_image = 1 / len(images.y_val)
     np.testing.assert_allclose(
         ours.history["val_accuracy"], whole.history["val_accuracy"], atol=val_image
     )

@@ -189,10 +189,8 @@ def epoch_training(
     import keras
     import tensorflow as tf
 
-    if network.augmenter is None or network.backbone is None or network.head is None:
-        raise ValueError(f"model {network.model.name!r} has no augmentation before a backbone")
-    augmenter, backbone = network.augmenter, network.backbone
-    shape = tuple(backbone.output.shape[1:])
+    augment, extract = feature_steps(network)
+    shape = tuple(network.backbone.output.shape[1:])  # type: ignore[union-attr]
     features = tf.Variable(tf.zeros((len(y), *shape)), trainable=False)  # by image index
     orders = epoch_orders(len(y), batch_size, seed)
 
@@ -205,9 +203,8 @@ def epoch_training(
 
     class ComputeEpochFeatures(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            for rows, computed in augmented_features(
-                augmenter, backbone, x, next(orders), batch_size
-            ):
+            order = next(orders)
+            for rows, computed in augmented_features(augment, extract, x, order, batch_size):
                 features.scatter_nd_update(rows[:, None], tf.cast(computed, tf.float32))
 
     indices = keras.Input(shape=(), name="image_index")
@@ -215,6 +212,33 @@ def epoch_training(
     model = keras.Model(indices, network.head(looked_up), name="head_on_epoch_features")
     dataset = train_dataset(np.arange(len(y)), y, batch_size, seed)
     return EpochTraining(model, dataset, ComputeEpochFeatures())
+
+
+def feature_steps(network: Network) -> tuple[Any, Any]:
+    """The model's augmentation (in training: random) and its backbone (in inference mode),
+    each one graph for any batch size (traced once, not run op by op).
+
+    Raises:
+        ValueError: The model has no augmentation before a pretrained backbone.
+    """
+    import tensorflow as tf
+
+    augmenter, backbone = network.augmenter, network.backbone
+    if augmenter is None or backbone is None or network.head is None:
+        raise ValueError(f"model {network.model.name!r} has no augmentation before a backbone")
+    images = tf.TensorSpec((None, *augmenter.input.shape[1:]), "float32")
+    augmented = tf.TensorSpec((None, *augmenter.output.shape[1:]), augmenter.output.dtype)
+
+    def augment(batch: Any) -> Any:
+        return augmenter(batch, training=True)
+
+    def extract(batch: Any) -> Any:
+        return backbone(batch, training=False)
+
+    return (
+        tf.function(augment, input_signature=[images]),
+        tf.function(extract, input_signature=[augmented]),
+    )
 
 
 def epoch_orders(count: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
@@ -232,18 +256,14 @@ def epoch_orders(count: int, batch_size: int, seed: int) -> Iterator[np.ndarray]
 
 
 def augmented_features(
-    augmenter: keras.Model,
-    backbone: keras.Model,
-    x: np.ndarray,
-    order: np.ndarray,
-    batch_size: int,
+    augment: Any, extract: Any, x: np.ndarray, order: np.ndarray, batch_size: int
 ) -> Iterator[tuple[np.ndarray, Any]]:
-    """The backbone features of ``x`` augmented in ``order``, ``batch_size`` images per
-    augmentation call: ``(rows, features)`` per backbone pass, ``rows`` indices into ``x``.
+    """The features of ``x`` augmented in ``order``, ``batch_size`` images per ``augment``
+    call: ``(rows, features)`` per ``extract`` pass, ``rows`` indices into ``x``
+    (``augment`` and ``extract``: :func:`feature_steps`).
 
     The augmentation draws per call, so its batches are the training batches; the
-    backbone (in inference mode) takes as many of them at once as fit in
-    :data:`INFERENCE_BATCH_SIZE`.
+    backbone takes as many of them at once as fit in :data:`INFERENCE_BATCH_SIZE`.
     """
     import tensorflow as tf
 
@@ -251,7 +271,7 @@ def augmented_features(
     for start in range(0, len(order), per_pass):
         rows = order[start : start + per_pass]
         augmented = [
-            augmenter(x[rows[i : i + batch_size]].astype(np.float32), training=True)
+            augment(x[rows[i : i + batch_size]].astype(np.float32))
             for i in range(0, len(rows), batch_size)
         ]
-        yield rows, backbone(tf.concat(augmented, axis=0), training=False)
+        yield rows, extract(tf.concat(augmented, axis=0))
