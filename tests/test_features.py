@@ -210,14 +210,14 @@ def test_epoch_orders_are_the_orders_fit_serves() -> None:
 
 
 def test_an_epochs_features_are_the_whole_models(
-    data_40: Path, monkeypatch: pytest.MonkeyPatch
+    data_40: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The features of an epoch, augmented batch by batch and run through the backbone
     several batches at a time, are what the whole model's pooling gets in training."""
     import keras
 
     monkeypatch.setattr(features, "INFERENCE_BATCH_SIZE", 40)  # passes of 32 images, and 16
-    sweep = small_sweep(data_40, Path("unused"))
+    sweep = small_sweep(data_40, tmp_path)
     x = load_images(sweep.data).x_train[:48]
     choices = FROZEN.model_copy(update={"augment": True, "rotation": 0.2})
     order = np.random.default_rng(0).permutation(len(x))
@@ -310,8 +310,8 @@ def test_per_epoch_features_train_as_the_whole_model(
     )
 
 
-def test_the_per_epoch_model_trains_the_heads_weights_only(data_40: Path) -> None:
-    sweep = small_sweep(data_40, Path("unused"))
+def test_the_per_epoch_model_trains_the_heads_weights_only(data_40: Path, tmp_path: Path) -> None:
+    sweep = small_sweep(data_40, tmp_path)
     images = load_images(sweep.data)
     network = build_model(
         FROZEN.model_copy(update={"augment": True}),
