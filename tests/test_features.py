@@ -1,5 +1,6 @@
-"""The frozen-backbone feature cache: exact, keyed by what the features depend on, skipped
-where augmentation precedes the backbone."""
+"""The frozen-backbone feature cache: exact, keyed by what the features depend on; where
+augmentation precedes the backbone, the training set's features are computed per epoch, with
+the whole model's batches and random draws."""
 
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ import pytest
 
 from ablation import features
 from ablation.config import Sweep, Train
-from ablation.data import load_images
+from ablation.data import load_images, train_dataset
 from ablation.factors import Configuration
-from ablation.features import feature_key, load_features, plan_features
+from ablation.features import (
+    augmented_features,
+    epoch_orders,
+    epoch_training,
+    feature_key,
+    feature_steps,
+    load_features,
+    plan_features,
+)
 from ablation.models import build_model
 from ablation.training import train
-from conftest import SMALL_WEIGHTS, frozen_sweep
+from conftest import SMALL_WEIGHTS, copy_images, frozen_sweep
 
 FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
@@ -38,6 +47,9 @@ def test_which_splits_are_cacheable() -> None:
     augmented = FROZEN.model_copy(update={"augment": True})
     assert splits(augmented) == ("val", "test")
     assert plan_features(augmented, Train()).validates_through_head
+    assert plan_features(augmented, Train()).train_per_epoch
+    assert not plan_features(FROZEN, Train()).train_per_epoch
+    assert not plan_features(augmented, Train(cache_features=False)).train_per_epoch
     fine_tuned = FROZEN.model_copy(update={"fine_tune_layers": 10})
     assert splits(fine_tuned) == ("train", "val")  # the backbone changes before the test
     assert splits(Configuration(backbone="cnn")) == ()
@@ -157,3 +169,165 @@ def test_the_key_changes_with_data_weights_size_and_preprocessing(
     )
     assert key not in changed.values()
     assert len(set(changed.values())) == len(changed)
+
+
+@pytest.fixture(scope="module")
+def data_40(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 real photos per class in train/ and validation/: 80 training images, so batches of
+    32 leave a partial last one."""
+    return copy_images(tmp_path_factory.mktemp("data40") / "cats_and_dogs", per_class=40)
+
+
+def test_epoch_orders_are_the_orders_fit_serves() -> None:
+    import keras
+
+    served: list[np.ndarray] = []
+
+    class Recorder(keras.Model):  # records the examples each training step gets
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):  # type: ignore[no-untyped-def]
+            return self.dense(x[:, None])
+
+        def train_step(self, data):  # type: ignore[no-untyped-def]
+            served.append(np.asarray(data[0]).astype(int))
+            return super().train_step(data)
+
+    count, batch_size, epochs = 21, 8, 4
+    model = Recorder()
+    model.compile("sgd", "mse", run_eagerly=True)
+    x = np.arange(count)
+    y = np.zeros(count, "float32")
+    model.fit(train_dataset(x, y, batch_size, 7), epochs=epochs, shuffle=False, verbose=0)
+    per_epoch = [np.concatenate(served[e * 3 : (e + 1) * 3]) for e in range(epochs)]
+    orders = epoch_orders(count, batch_size, 7)
+    predicted = [next(orders) for _ in range(epochs)]
+    for epoch in range(epochs):
+        np.testing.assert_array_equal(predicted[epoch], per_epoch[epoch])
+    assert len({tuple(order) for order in predicted}) == epochs  # reshuffled every epoch
+
+
+def test_an_epochs_features_are_the_whole_models(
+    data_40: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The features of an epoch, augmented batch by batch and run through the backbone
+    several batches at a time, are what the whole model's pooling gets in training."""
+    import keras
+
+    monkeypatch.setattr(features, "INFERENCE_BATCH_SIZE", 40)  # passes of 32 images, and 16
+    sweep = small_sweep(data_40, tmp_path)
+    x = load_images(sweep.data).x_train[:48]
+    choices = FROZEN.model_copy(update={"augment": True, "rotation": 0.2})
+    order = np.random.default_rng(0).permutation(len(x))
+    batch_size = 16
+
+    def network():  # type: ignore[no-untyped-def]
+        keras.utils.set_random_seed(3)
+        return build_model(choices, image_size=(96, 96), num_classes=2, weights=sweep.model, seed=3)
+
+    ours = network()
+    assert ours.backbone is not None
+    augment, extract = feature_steps(ours)
+    computed = np.empty((len(x), *ours.backbone.output.shape[1:]), "float32")
+    passes = 0
+    for rows, passed in augmented_features(augment, extract, x, order, batch_size):
+        computed[rows] = passed
+        passes += 1
+    assert passes == 2  # 32 images (two batches), then 16
+
+    model = network().model  # a fresh model: its augmentation draws from the same start
+    inside = keras.Model(model.input, model.get_layer("global_max_pooling2d").input)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    expected = np.empty_like(computed)
+    for rows in batches:
+        expected[rows] = inside(x[rows].astype("float32"), training=True)
+    not_augmented = np.asarray(ours.extractor(x.astype("float32")))  # type: ignore[misc]
+    assert np.abs(not_augmented - expected).max() > 0.1  # the augmentation did change them
+    np.testing.assert_allclose(computed, expected, atol=1e-4)
+
+
+@pytest.mark.slow  # trains the model twice: per-epoch features and whole
+@pytest.mark.parametrize("fine_tune", [False, True])
+def test_per_epoch_features_train_as_the_whole_model(
+    data_40: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fine_tune: bool
+) -> None:
+    """Model4 (augmentation before the frozen backbone): the same curves and test accuracy.
+
+    Tolerances: the losses to a relative 1e-4 and the accuracies to one image. The two
+    paths differ only in float rounding (the backbone's batches of 64 against 32, the
+    augmentation run eagerly against inside fit's graph), about 1e-7 relative; a different
+    order or different random draws change the loss by 1e-2 or more.
+    """
+    monkeypatch.setattr(features, "INFERENCE_BATCH_SIZE", 64)  # two passes per epoch of 80
+    choices = FROZEN.model_copy(update={"augment": True, "rotation": 0.2})
+    stopping = ["train.patience=1", "train.epochs=4"]  # may stop early, keeps the best epoch
+    if fine_tune:
+        choices = choices.model_copy(update={"fine_tune_layers": 10, "fine_tune_epochs": 1})
+        stopping = []
+    whole_sweep = small_sweep(data_40, tmp_path / "a", "train.cache_features=false", *stopping)
+    sweep = small_sweep(data_40, tmp_path / "b", *stopping)
+    images = load_images(sweep.data)
+    reported: dict[str, list] = {"whole": [], "per epoch": []}
+    whole = train(
+        choices,
+        seed=1,
+        sweep=whole_sweep,
+        images=images,
+        on_epoch=lambda epoch, metrics: reported["whole"].append((epoch, metrics)),
+    )
+    ours = train(
+        choices,
+        seed=1,
+        sweep=sweep,
+        images=images,
+        on_epoch=lambda epoch, metrics: reported["per epoch"].append((epoch, metrics)),
+    )
+
+    assert ours.cached_splits == (("val",) if fine_tune else ("val", "test"))
+    assert (
+        sorted(ours.history)
+        == sorted(whole.history)
+        == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    )
+    val_image = 1 / len(images.y_val)
+    assert (ours.epochs_run, ours.kept_epoch) == (whole.epochs_run, whole.kept_epoch)
+    assert ours.model_val_accuracy == pytest.approx(whole.model_val_accuracy, abs=val_image)
+    assert ours.epochs_run >= (4 if fine_tune else 2)  # 3 + 1 fine-tuning epoch; patience 1
+    for name in ("loss", "val_loss"):
+        np.testing.assert_allclose(ours.history[name], whole.history[name], rtol=1e-4)
+    np.testing.assert_allclose(ours.history["accuracy"], whole.history["accuracy"], atol=1 / 80)
+    np.testing.assert_allclose(
+        ours.history["val_accuracy"], whole.history["val_accuracy"], atol=val_image
+    )
+    assert [e for e, _ in reported["per epoch"]] == [e for e, _ in reported["whole"]]
+    assert abs(ours.test_accuracy - whole.test_accuracy) <= 0.01
+    assert ours.model.input_shape == (None, 96, 96, 3)  # the recorded model: the whole model
+    x_test = images.x_test.astype("float32")
+    np.testing.assert_allclose(
+        ours.model.predict(x_test, verbose=0), whole.model.predict(x_test, verbose=0), atol=1e-3
+    )
+
+
+def test_the_per_epoch_model_trains_the_heads_weights_only(data_40: Path, tmp_path: Path) -> None:
+    sweep = small_sweep(data_40, tmp_path)
+    images = load_images(sweep.data)
+    network = build_model(
+        FROZEN.model_copy(update={"augment": True}),
+        image_size=(96, 96),
+        num_classes=2,
+        weights=sweep.model,
+    )
+    per_epoch = epoch_training(network, images.x_train, images.y_train, batch_size=32, seed=0)
+    assert network.head is not None
+    # The features are no weight: early stopping's copies of the best weights stay small.
+    assert [w.path for w in per_epoch.model.weights] == [w.path for w in network.head.weights]
+    with pytest.raises(ValueError, match="no augmentation"):
+        epoch_training(
+            build_model(FROZEN, image_size=(96, 96), num_classes=2, weights=sweep.model),
+            images.x_train,
+            images.y_train,
+            batch_size=32,
+            seed=0,
+        )

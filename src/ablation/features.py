@@ -10,16 +10,28 @@ are used whatever the configuration. The head's layers are the full model's own
 layers (:class:`ablation.models.Network`), so the model a trial records is still
 the whole model, raw images in.
 
+With augmentation (the blog's model4), the training set's features change every
+epoch, so they are computed anew at each epoch's start (:func:`epoch_training`):
+the epoch's batches, in the order the whole model would see them, go through the
+model's own augmentation layers batch by batch (the same random draws), then
+through the backbone in inference mode in large batches
+(:data:`INFERENCE_BATCH_SIZE`, no gradient tape); the head then trains on them
+batch by batch in the same order, in one ``fit`` (early stopping and the epoch
+callbacks as for the whole model). This lasts only while the backbone is frozen:
+fine-tuning's second phase trains the whole model.
+
 Nothing here changes what a trial means: the head sees exactly the tensors the
-full model would feed it (``tests/test_features.py`` checks the predictions).
+full model would feed it (``tests/test_features.py`` checks the predictions and
+the training curves).
 
 Example:
     >>> from ablation.config import Train
     >>> from ablation.factors import Configuration
     >>> plan_features(Configuration(backbone="mobilenet_v2"), Train()).splits
     ('train', 'val', 'test')
-    >>> plan_features(Configuration(backbone="mobilenet_v2", augment=True), Train()).splits
-    ('val', 'test')
+    >>> augmented = plan_features(Configuration(backbone="mobilenet_v2", augment=True), Train())
+    >>> augmented.splits, augmented.train_per_epoch
+    (('val', 'test'), True)
     >>> plan_features(Configuration(backbone="mobilenet_v2", fine_tune_layers=20), Train()).splits
     ('train', 'val')
     >>> plan_features(Configuration(backbone="cnn"), Train()).splits
@@ -30,16 +42,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ablation.config import Sweep, Train
-from ablation.data import SPLITS, Images, eval_dataset
+from ablation.data import SPLITS, Images, eval_dataset, train_dataset
 from ablation.factors import Configuration
-from ablation.models import weights_fingerprint
+from ablation.models import Network, weights_fingerprint
 from ablation.precision import dtype_policy
 
 if TYPE_CHECKING:
@@ -47,21 +60,29 @@ if TYPE_CHECKING:
 
 _CACHE: dict[tuple[str, str], np.ndarray] = {}
 
+INFERENCE_BATCH_SIZE = 256
+"""Images per backbone pass when an epoch's training features are computed (a whole
+number of training batches, at least one): large inference batches are the speed-up."""
+
 
 @dataclass(frozen=True)
 class FeaturePlan:
     """Which splits of a trial go through cached backbone features instead of the model."""
 
     splits: tuple[str, ...]
+    # The first phase trains the head on the training set's augmented features, computed
+    # anew at each epoch's start (:func:`epoch_training`).
+    train_per_epoch: bool = False
 
     @property
     def head_trains(self) -> bool:
-        """The first phase trains the head alone, on the training set's features."""
+        """The first phase trains the head alone, on the training set's cached features."""
         return "train" in self.splits
 
     @property
     def validates_through_head(self) -> bool:
-        """Augmented images train the whole model, and validation runs through the head."""
+        """The first phase trains another model than the head (the whole model, or the head
+        on per-epoch features), and validation runs through the head."""
         return "val" in self.splits and not self.head_trains
 
     @property
@@ -73,15 +94,16 @@ def plan_features(configuration: Configuration, train: Train) -> FeaturePlan:
     """The splits whose backbone features can stand in for the images, exactly.
 
     None without ``train.cache_features`` or a pretrained backbone; not the
-    training set when random augmentation precedes the backbone; not the test set
-    after fine-tuning, which changes the backbone.
+    training set when random augmentation precedes the backbone (its features are
+    then computed per epoch); not the test set after fine-tuning, which changes
+    the backbone.
     """
     if not train.cache_features or not configuration.pretrained:
         return FeaturePlan(())
     splits = [s for s in SPLITS if not (s == "train" and configuration.augment)]
     if configuration.fine_tunes:
         splits.remove("test")
-    return FeaturePlan(tuple(splits))
+    return FeaturePlan(tuple(splits), train_per_epoch=configuration.augment)
 
 
 def feature_key(sweep: Sweep, images: Images, configuration: Configuration) -> str:
@@ -138,3 +160,118 @@ def _save(path: Path, array: np.ndarray) -> None:
     partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
     np.save(partial, array)
     partial.replace(path)
+
+
+@dataclass(frozen=True)
+class EpochTraining:
+    """What one ``fit`` needs to train the head on features computed at each epoch's start."""
+
+    model: keras.Model  # image indices -> logits: those images' features this epoch, the head
+    dataset: Any  # tf.data of (image indices, labels), batched as fit serves the images
+    callback: keras.callbacks.Callback  # computes the epoch's features; must come first
+
+
+def epoch_training(
+    network: Network, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int
+) -> EpochTraining:
+    """The head trained on the augmented training set's features, computed per epoch.
+
+    At each epoch's start, the callback takes the epoch's batches of ``x`` in the
+    order ``fit`` serves ``train_dataset(x, y, batch_size, seed)`` to the whole model
+    (:func:`epoch_orders`), augments them batch by batch with the model's own
+    augmentation layers (so with the same random draws), and runs the backbone on
+    them in inference mode, :data:`INFERENCE_BATCH_SIZE` images at a time. The
+    model then looks each image's features up by its index: ``dataset`` serves the
+    indices in the whole model's batches, and each label with its image whatever
+    the order. The model's weights are the head's (the features are not weights,
+    so early stopping neither copies nor restores them); compile it as the head.
+    """
+    import keras
+    import tensorflow as tf
+
+    augment, extract = feature_steps(network)
+    shape = tuple(network.backbone.output.shape[1:])  # type: ignore[union-attr]
+    features = tf.Variable(tf.zeros((len(y), *shape)), trainable=False)  # by image index
+    orders = epoch_orders(len(y), batch_size, seed)
+
+    class EpochFeatures(keras.layers.Layer):
+        def call(self, indices: Any) -> Any:
+            return tf.gather(features, tf.cast(indices, "int32"))
+
+        def compute_output_shape(self, input_shape: tuple) -> tuple:
+            return (input_shape[0], *shape)
+
+    class ComputeEpochFeatures(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            order = next(orders)
+            for rows, computed in augmented_features(augment, extract, x, order, batch_size):
+                features.scatter_nd_update(rows[:, None], tf.cast(computed, tf.float32))
+
+    indices = keras.Input(shape=(), name="image_index")
+    looked_up = EpochFeatures(dtype="float32", name="epoch_features")(indices)
+    model = keras.Model(indices, network.head(looked_up), name="head_on_epoch_features")
+    dataset = train_dataset(np.arange(len(y)), y, batch_size, seed)
+    return EpochTraining(model, dataset, ComputeEpochFeatures())
+
+
+def feature_steps(network: Network) -> tuple[Any, Any]:
+    """The model's augmentation (in training: random) and its backbone (in inference mode),
+    each one graph for any batch size (traced once, not run op by op).
+
+    Raises:
+        ValueError: The model has no augmentation before a pretrained backbone.
+    """
+    import tensorflow as tf
+
+    augmenter, backbone = network.augmenter, network.backbone
+    if augmenter is None or backbone is None or network.head is None:
+        raise ValueError(f"model {network.model.name!r} has no augmentation before a backbone")
+    images = tf.TensorSpec((None, *augmenter.input.shape[1:]), "float32")
+    augmented = tf.TensorSpec((None, *augmenter.output.shape[1:]), augmenter.output.dtype)
+
+    def augment(batch: Any) -> Any:
+        return augmenter(batch, training=True)
+
+    def extract(batch: Any) -> Any:
+        return backbone(batch, training=False)
+
+    return (
+        tf.function(augment, input_signature=[images]),
+        tf.function(extract, input_signature=[augmented]),
+    )
+
+
+def epoch_orders(count: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+    """The order in which ``fit`` serves ``train_dataset(x, y, batch_size, seed)``'s
+    ``count`` examples, epoch by epoch (indices into ``x``).
+
+    The dataset reshuffles at each new iterator of it, and Keras's ``fit`` makes one
+    at each epoch's start and one more, unused, at its end: epoch k is the dataset's
+    iteration 2k (``tests/test_features.py`` checks this against ``fit`` itself).
+    """
+    dataset = train_dataset(np.arange(count), np.zeros(count, np.int32), batch_size, seed)
+    while True:
+        yield np.concatenate([i for i, _ in dataset.as_numpy_iterator()]).astype(np.int64)
+        iter(dataset)  # the iterator fit makes at an epoch's end
+
+
+def augmented_features(
+    augment: Any, extract: Any, x: np.ndarray, order: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """The features of ``x`` augmented in ``order``, ``batch_size`` images per ``augment``
+    call: ``(rows, features)`` per ``extract`` pass, ``rows`` indices into ``x``
+    (``augment`` and ``extract``: :func:`feature_steps`).
+
+    The augmentation draws per call, so its batches are the training batches; the
+    backbone takes as many of them at once as fit in :data:`INFERENCE_BATCH_SIZE`.
+    """
+    import tensorflow as tf
+
+    per_pass = max(1, INFERENCE_BATCH_SIZE // batch_size) * batch_size
+    for start in range(0, len(order), per_pass):
+        rows = order[start : start + per_pass]
+        augmented = [
+            augment(x[rows[i : i + batch_size]].astype(np.float32))
+            for i in range(0, len(rows), batch_size)
+        ]
+        yield rows, extract(tf.concat(augmented, axis=0))

@@ -20,8 +20,10 @@ Backbones:
 
 A model with a pretrained backbone comes with its two halves (:class:`Network`),
 built from the same layers: the feature extractor (preprocessing and backbone,
-no augmentation) and the head (pooling, dropout, logits). The feature cache
-(:mod:`ablation.features`) trains the head alone on features computed once.
+no augmentation) and the head (pooling, dropout, logits); with augmentation,
+also the augmenter (preprocessing and augmentation, the backbone's input). The
+feature cache (:mod:`ablation.features`) trains the head alone on features
+computed once, or, with augmentation, anew at each epoch's start.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class Network:
     backbone: keras.Model | None = None  # the pretrained backbone; None for the CNN
     extractor: keras.Model | None = None  # images -> backbone features, no augmentation
     head: keras.Model | None = None  # backbone features -> logits
+    # images -> preprocessed, augmented images (random with training=True): the backbone's
+    # input in training; None without augmentation or a pretrained backbone
+    augmenter: keras.Model | None = None
 
 
 def build_model(
@@ -86,8 +91,9 @@ def build_model(
         # Exactly keras.applications.mobilenet_v2.preprocess_input (x / 127.5 - 1) as a layer.
         stem.append(layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_mobilenet_v2"))
     x = _apply(stem, inputs)
-    if configuration.augment:
-        x = augmentation(configuration, seed=seed)(x)
+    augment = augmentation(configuration, seed=seed) if configuration.augment else None
+    if augment is not None:
+        x = augment(x)
     # Layers are made in the order they stack: each unseeded initializer draws its seed
     # when it is made, so this order is what makes a seed's model the same model.
     if not configuration.pretrained:
@@ -107,12 +113,28 @@ def build_model(
     model = keras.Model(
         inputs, _apply(head_layers, backbone(x, training=False)), name=configuration.backbone
     )
-    image = keras.Input(shape=(*image_size, 3), name="image")
+    return _with_parts(model, backbone, stem, augment, head_layers)
+
+
+def _with_parts(
+    model: keras.Model,
+    backbone: keras.Model,
+    stem: list[Any],
+    augment: keras.Sequential | None,
+    head_layers: list[Any],
+) -> Network:
+    """A pretrained model with its extractor, head and augmenter: the model's own layers."""
+    import keras
+
+    image = keras.Input(shape=model.input_shape[1:], name="image")
     features = backbone(_apply(stem, image), training=False)
     extractor = keras.Model(image, features, name="feature_extractor")
     features_in = keras.Input(shape=features.shape[1:], name="features")
     head = keras.Model(features_in, _apply(head_layers, features_in), name="head")
-    return Network(model, backbone=backbone, extractor=extractor, head=head)
+    augmenter = None
+    if augment is not None:
+        augmenter = keras.Model(image, augment(_apply(stem, image)), name="augmenter")
+    return Network(model, backbone=backbone, extractor=extractor, head=head, augmenter=augmenter)
 
 
 def _apply(layers: list[Any], x: Any) -> Any:

@@ -31,7 +31,13 @@ import numpy as np
 from ablation.config import Sweep
 from ablation.data import Images, eval_dataset, train_dataset
 from ablation.factors import Configuration
-from ablation.features import FeaturePlan, feature_key, load_features, plan_features
+from ablation.features import (
+    FeaturePlan,
+    epoch_training,
+    feature_key,
+    load_features,
+    plan_features,
+)
 from ablation.models import Network, build_model, compile_model, unfreeze_top
 from ablation.precision import dtype_policy
 
@@ -94,7 +100,8 @@ def train(
     """Train and test one configuration with one seed.
 
     With ``train.cache_features``, a frozen backbone's features stand in for the
-    images where that is exact (:func:`ablation.features.plan_features`). With
+    images where that is exact (:func:`ablation.features.plan_features`); with
+    augmentation, the training set's are computed at each epoch's start. With
     ``fine_tune_layers``, a second phase follows (:func:`_fine_tune`); the epochs
     of both phases are numbered on, in one history.
 
@@ -108,7 +115,9 @@ def train(
     setup_seconds = time.perf_counter() - started
 
     report_epoch = _epoch_reporter(on_epoch)
-    history, kept = _fit_first_phase(network, plan, features, sweep, images, report_epoch, seed)
+    history, kept = _fit_first_phase(
+        network, configuration, plan, features, sweep, images, report_epoch, seed
+    )
     fine_tune_from = None
     if configuration.fine_tunes:
         fine_tune_from = len(history["loss"])
@@ -153,13 +162,18 @@ def _build(configuration: Configuration, seed: int, sweep: Sweep, num_classes: i
     )
     for model in (network.model, network.head):
         if model is not None:
-            compile_model(
-                model,
-                sweep.train.optimizer,
-                sweep.train.learning_rate_of(configuration),
-                configuration.label_smoothing,
-            )
+            _compile(model, configuration, sweep)
     return network
+
+
+def _compile(model: keras.Model, configuration: Configuration, sweep: Sweep) -> None:
+    """Compile for the first phase: the configuration's optimizer, learning rate and loss."""
+    compile_model(
+        model,
+        sweep.train.optimizer,
+        sweep.train.learning_rate_of(configuration),
+        configuration.label_smoothing,
+    )
 
 
 def _features(
@@ -183,6 +197,7 @@ def _features(
 
 def _fit_first_phase(
     network: Network,
+    configuration: Configuration,
     plan: FeaturePlan,
     features: dict[str, np.ndarray],
     sweep: Sweep,
@@ -190,18 +205,29 @@ def _fit_first_phase(
     report_epoch: keras.callbacks.Callback,
     seed: int,
 ) -> tuple[History, int]:
-    """Fit the model (or its head, on cached features); the history and the kept epoch."""
+    """Fit the model (or its head, on cached or per-epoch features); the history and the
+    kept epoch."""
     batch_size = sweep.data.batch_size
-    fitted = network.head if plan.head_trains and network.head is not None else network.model
-    x_train = features["train"] if plan.head_trains else images.x_train
     validation = eval_dataset(features.get("val", images.x_val), images.y_val, batch_size)
     early_stopping = _early_stopping(sweep)
     callbacks = [report_epoch, *([early_stopping] if early_stopping else [])]
     if plan.validates_through_head and network.head is not None:
         callbacks.insert(0, _validation_through(network.head, validation))
         validation = None
+    if plan.train_per_epoch:
+        per_epoch = epoch_training(
+            network, images.x_train, images.y_train, batch_size=batch_size, seed=seed
+        )
+        fitted, train_set = per_epoch.model, per_epoch.dataset
+        _compile(fitted, configuration, sweep)
+        callbacks.insert(0, per_epoch.callback)
+    else:
+        head_trains = plan.head_trains and network.head is not None
+        fitted = network.head if head_trains else network.model
+        x_train = features["train"] if plan.head_trains else images.x_train
+        train_set = train_dataset(x_train, images.y_train, batch_size, seed)
     history = fitted.fit(
-        train_dataset(x_train, images.y_train, batch_size, seed),
+        train_set,
         validation_data=validation,
         epochs=sweep.train.epochs,
         callbacks=callbacks,
