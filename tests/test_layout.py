@@ -23,6 +23,7 @@ LAYERS = [
     ["factors"],
     ["config", "records"],
     ["space", "analysis", "cli", "layout", "cores"],
+    ["pipeline"],
     ["precision", "data", "plots"],
     ["models", "plan"],
     ["features"],

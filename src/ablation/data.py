@@ -7,7 +7,9 @@
 class folders only.
 
 Images are decoded and resized once per process into uint8 arrays; each trial
-then gets its own shuffled view of the same arrays. Where the folder has no
+then gets its own shuffled view of the same arrays, served by
+:mod:`ablation.pipeline` (which gathers each batch from them, never copying them
+whole into TensorFlow). Where the folder has no
 ``test/``, the test set is split off once, per class and from ``data.split_seed``:
 from the blog's validation folder, or, with class folders only, train, validation
 and test are all split from them. The test set is never used for selection.
@@ -31,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from ablation.config import Data
-from ablation.cores import pipeline_threads
 from ablation.errors import UserError
 from ablation.layout import (
     IMAGE_EXTENSIONS,
@@ -42,6 +43,7 @@ from ablation.layout import (
     split_classes,
     split_validation,
 )
+from ablation.pipeline import eval_dataset, train_dataset
 from ablation.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Images",
     "Listing",
+    "eval_dataset",
     "list_images",
     "load_images",
     "resolve_source",
     "split_classes",
     "split_validation",
+    "train_dataset",
 ]
 
 BLOG_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -241,48 +245,3 @@ def _split(config: Data, listing: Listing, arrays: dict[str, Pair]) -> dict[str,
                 "split it into train, validation and test)"
             )
     return splits
-
-
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):  # -> tf.data.Dataset
-    """A training set (images or features), reshuffled every epoch in an order fixed by
-    ``seed``; prefetched."""
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(_options())
-    )
-
-
-def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):  # -> tf.data.Dataset
-    """A validation or test set (images or features): fixed order, prefetched."""
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .batch(batch_size)
-        .map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(_options())
-    )
-
-
-def _options():  # -> tf.data.Options
-    """The pipeline's options: its thread pool sized to this worker's share of the cores."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    threads = pipeline_threads()
-    if threads is not None:
-        options.threading.private_threadpool_size = threads
-    return options
-
-
-def _to_float(x, y):  # type: ignore[no-untyped-def]
-    import tensorflow as tf
-
-    return tf.cast(x, tf.float32), y
