@@ -23,7 +23,7 @@ LAYERS = [
     ["factors"],
     ["config", "records"],
     ["space", "analysis", "cli", "layout", "cores"],
-    ["pipeline"],
+    ["arrays", "pipeline"],
     ["precision", "data", "plots"],
     ["models", "plan"],
     ["features"],
