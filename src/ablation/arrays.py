@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK_BYTES = 64 * 2**20  # bytes copied at a time from one file to another
+CHUNK_BYTES = 16 * 2**20  # bytes copied at a time from one file to another
 
 
 @contextlib.contextmanager
