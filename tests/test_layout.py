@@ -23,6 +23,7 @@ LAYERS = [
     ["factors"],
     ["config", "records"],
     ["space", "analysis", "cli", "layout", "cores"],
+    ["arrays", "pipeline"],
     ["data", "plots"],
     ["models"],
     ["precision"],

@@ -6,32 +6,52 @@
 (:mod:`ablation.layout`): ``train/`` + ``validation/``, the same + ``test/``, or
 class folders only.
 
-Images are decoded and resized once per process into uint8 arrays; each trial
-then gets its own shuffled view of the same arrays. Where the folder has no
-``test/``, the test set is split off once, per class and from ``data.split_seed``:
-from the blog's validation folder, or, with class folders only, train, validation
-and test are all split from them. The test set is never used for selection.
+Images are decoded and resized once into uint8 arrays; each trial then gets its
+own shuffled view of the same arrays. Where the folder has no ``test/``, the test
+set is split off once, per class and from ``data.split_seed``: from the blog's
+validation folder, or, with class folders only, train, validation and test are
+all split from them. The test set is never used for selection.
+
+With ``data.cache_dir`` the decoded images live in a folder there,
+``images-HxW-KEY/`` (``x_train.npy``, ``y_train.npy``, ... and ``meta.json``),
+decoded into it a batch at a time (memory bounded by a batch, not by the data)
+and read back memory-mapped: every process that reads it (each trial's process)
+shares one copy in the operating system's page cache instead of holding its own.
+The folder appears whole or not at all (:mod:`ablation.arrays`). Without
+``cache_dir`` the arrays are decoded into this process's memory.
+:func:`train_dataset` and :func:`eval_dataset` (from :mod:`ablation.pipeline`)
+gather each batch from the arrays when it is needed, so TensorFlow never holds a
+copy of them either.
 
 Example:
     >>> from ablation.config import Data
     >>> images = load_images(Data(source="../shared/data/cats_and_dogs", limit_per_class=5))
     >>> images.class_names, images.x_train.shape
     (['cats', 'dogs'], (10, 160, 160, 3))
+    >>> import tempfile
+    >>> cache = tempfile.mkdtemp()
+    >>> cached = load_images(Data(source="../shared/data/cats_and_dogs", limit_per_class=5,
+    ...                           cache_dir=cache))
+    >>> cached.file.name[:15], type(cached.x_train).__name__
+    ('images-160x160-', 'memmap')
+    >>> bool((cached.x_train == images.x_train).all())
+    True
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
+import json
 import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ablation.arrays import allocate, building, gather, write_rows
 from ablation.config import Data
-from ablation.cores import pipeline_threads
 from ablation.errors import UserError
 from ablation.layout import (
     IMAGE_EXTENSIONS,
@@ -42,6 +62,7 @@ from ablation.layout import (
     split_classes,
     split_validation,
 )
+from ablation.pipeline import eval_dataset, train_dataset
 from ablation.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -50,20 +71,26 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Images",
     "Listing",
+    "eval_dataset",
     "list_images",
     "load_images",
     "resolve_source",
     "split_classes",
     "split_validation",
+    "train_dataset",
 ]
 
 BLOG_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
 SPLITS = ("train", "val", "test")  # the splits a trial sees
+DECODE_BATCH = 256  # images decoded (and held) at a time
 
 
 @dataclass(frozen=True)
 class Images:
-    """Decoded images (uint8, NHWC) and integer labels of the three splits."""
+    """Decoded images (uint8, NHWC) and integer labels of the three splits.
+
+    Read from a folder (:func:`read_images`), the images are read-only memory maps.
+    """
 
     class_names: list[str]
     x_train: np.ndarray
@@ -74,7 +101,7 @@ class Images:
     y_test: np.ndarray
     fingerprint: str
     source: str
-    file: Path | None = None  # where these decoded images are saved, if they are
+    file: Path | None = None  # the folder these decoded images are saved in, if they are
     layout: str = "train+validation"
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -82,11 +109,15 @@ class Images:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
 
-def decode(paths: list[Path], image_size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
-    """Decode and resize images as ``image_dataset_from_directory`` does (bilinear, RGB).
+def decode_into(
+    paths: list[Path], image_size: tuple[int, int], write: Callable[[int, np.ndarray], None]
+) -> list[int]:
+    """Decode and resize images as ``image_dataset_from_directory`` does (bilinear, RGB),
+    a batch at a time: ``write(start, batch)`` gets the uint8 images of the files that
+    decoded, in order, ``start`` counting only those.
 
     Returns:
-        The uint8 images of the files that decoded, and the indices of those that did not.
+        The indices of the files that did not decode.
     """
     import tensorflow as tf
 
@@ -99,50 +130,66 @@ def decode(paths: list[Path], image_size: tuple[int, int]) -> tuple[np.ndarray, 
         tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], np.arange(len(paths))))
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .ignore_errors()
-        .batch(256)
+        .batch(DECODE_BATCH)
     )
-    images, decoded = [], []
+    decoded: list[int] = []
     for batch, indices in dataset.as_numpy_iterator():
-        images.append(batch)
+        write(len(decoded), batch)
         decoded.extend(indices.tolist())
-    failed = sorted(set(range(len(paths))) - set(decoded))
-    if not images:
-        return np.zeros((0, *image_size, 3), np.uint8), failed
-    return np.concatenate(images), failed
+    return sorted(set(range(len(paths))) - set(decoded))
+
+
+def decode(paths: list[Path], image_size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+    """:func:`decode_into` an array in memory.
+
+    Returns:
+        The uint8 images of the files that decoded, and the indices of those that did not.
+    """
+    x = np.empty((len(paths), *image_size, 3), np.uint8)
+
+    def put(start: int, batch: np.ndarray) -> None:
+        x[start : start + len(batch)] = batch
+
+    failed = decode_into(paths, image_size, put)
+    return x[: len(paths) - len(failed)], failed
 
 
 _CACHE: dict[str, Images] = {}
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+_META = "meta.json"
 
 
 def write_images(images: Images, path: Path) -> None:
-    """Save decoded images (uncompressed: reading them back is a plain copy)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(
-        partial,
-        class_names=np.array(images.class_names),
-        fingerprint=np.array(images.fingerprint),
-        source=np.array(images.source),
-        layout=np.array(images.layout),
-        **{name: getattr(images, name) for name in _ARRAYS},
-    )
-    partial.replace(path)  # atomic: a concurrent reader sees the whole file or none
+    """Save decoded images as the folder ``path`` (one ``.npy`` per array, ``meta.json``).
+
+    Atomic: a concurrent reader sees the whole folder or none. If another process
+    saved the folder first, its copy is kept.
+    """
+    with building(path, done=_META) as partial:
+        for name in _ARRAYS:
+            np.save(partial / f"{name}.npy", getattr(images, name))
+        _write_meta(partial, images.class_names, images.fingerprint, images.source, images.layout)
 
 
 def read_images(path: Path) -> Images:
-    with np.load(path) as saved:
-        return Images(
-            class_names=[str(name) for name in saved["class_names"]],
-            fingerprint=str(saved["fingerprint"]),
-            source=str(saved["source"]),
-            file=path,
-            layout=str(saved["layout"]) if "layout" in saved else "train+validation",
-            **{name: saved[name] for name in _ARRAYS},
-        )
+    """The images saved in the folder ``path``, memory-mapped (read-only, shared between
+    the processes that read them); the labels are read into memory."""
+    meta = json.loads((path / _META).read_text())
+    arrays = {
+        name: np.load(path / f"{name}.npy", mmap_mode="r" if name.startswith("x_") else None)
+        for name in _ARRAYS
+    }
+    return Images(
+        class_names=meta["class_names"],
+        fingerprint=meta["fingerprint"],
+        source=meta["source"],
+        file=path,
+        layout=meta["layout"],
+        **arrays,
+    )
 
 
-def cache_file(config: Data, listing: Listing) -> Path | None:
+def cache_folder(config: Data, listing: Listing) -> Path | None:
     """Where the decoded images of this data, layout, size and split are kept between runs."""
     if config.cache_dir is None:
         return None
@@ -156,56 +203,87 @@ def cache_file(config: Data, listing: Listing) -> Path | None:
     )
     key = hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
     height, width = config.image_size
-    return Path(config.cache_dir) / f"images-{height}x{width}-{key}.npz"
+    return Path(config.cache_dir) / f"images-{height}x{width}-{key}"
 
 
 def load_images(config: Data) -> Images:
     """Fetch, list, decode and split the data of a sweep.
 
     Decoding happens once: the result is kept in this process and, when
-    ``data.cache_dir`` is set, in a file keyed by the data listing, layout, image
-    size and split. Files that are not images, or that fail to decode, are skipped
-    with one warning naming them.
+    ``data.cache_dir`` is set, in a folder keyed by the data listing, layout, image
+    size and split, read back memory-mapped. Files that are not images, or that fail
+    to decode, are skipped with one warning naming them.
 
     Raises:
         UserError: A class with no readable image, or a class missing from a split.
     """
     root, layout = resolve_source(config.source)
     listing = list_images(root, config.limit_per_class, layout)
-    cached = cache_file(config, listing)
+    cached = cache_folder(config, listing)
     key = str(cached) if cached else repr((str(root), listing.fingerprint(), config))
     if key in _CACHE:
         return _CACHE[key]
-    if cached is not None and cached.is_file():
+    if cached is not None:
+        if not cached.is_dir():
+            _decode_to_folder(config, listing, cached)
         _CACHE[key] = read_images(cached)
         return _CACHE[key]
-    splits = _split(config, listing, _decode_folders(config, listing))
-    images = Images(
+    folders = _decode_folders(config, listing, into=None)
+    labels = {folder: y for folder, (_, y) in folders.items()}
+    arrays = {}
+    for split, (folder, index) in _split(config, listing, labels).items():
+        x, y = folders[folder]
+        whole = np.array_equal(index, np.arange(len(y)))  # the whole folder: no copy
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = (x, y) if whole else (x[index], y[index])
+    _CACHE[key] = Images(
         class_names=listing.class_names,
-        **{f"x_{name}": x for name, (x, _) in splits.items()},
-        **{f"y_{name}": y for name, (_, y) in splits.items()},
         fingerprint=listing.fingerprint(),
-        source=redact(config.source),  # kept in the cache file: never a password
+        source=redact(config.source),
         layout=layout,
+        **arrays,
     )
-    if cached is not None:
-        write_images(images, cached)
-        images = dataclasses.replace(images, file=cached)
-    _CACHE[key] = images
-    return images
+    return _CACHE[key]
+
+
+def _decode_to_folder(config: Data, listing: Listing, path: Path) -> None:
+    """Decode the images and save them as the folder ``path``, a batch and a chunk at a time."""
+    with building(path, done=_META) as partial:
+        folders = _decode_folders(config, listing, into=partial)
+        labels = {folder: y for folder, (_, y) in folders.items()}
+        for split, (folder, index) in _split(config, listing, labels).items():
+            gather(_decoded_file(partial, folder), index, partial / f"x_{split}.npy")
+            np.save(partial / f"y_{split}.npy", labels[folder][index])
+        for folder in folders:
+            _decoded_file(partial, folder).unlink()
+        source = redact(config.source)  # kept in the cache folder: never a password
+        _write_meta(partial, listing.class_names, listing.fingerprint(), source, listing.layout)
+
+
+def _write_meta(
+    folder: Path, class_names: list[str], fingerprint: str, source: str, layout: str
+) -> None:
+    meta = {"class_names": class_names, "fingerprint": fingerprint, "source": source}
+    (folder / _META).write_text(json.dumps({**meta, "layout": layout}, ensure_ascii=False))
 
 
 Pair = tuple[np.ndarray, np.ndarray]
 
 
-def _decode_folders(config: Data, listing: Listing) -> dict[str, Pair]:
-    """Each folder's decoded images and labels; unreadable files skipped and named."""
+def _decode_folders(config: Data, listing: Listing, into: Path | None) -> dict[str, Pair]:
+    """Each folder's decoded images and labels; unreadable files skipped and named.
+
+    With ``into``, each folder's images are decoded into a ``.npy`` file there, a
+    batch at a time, and come back as a read-only map of it; else into memory.
+    """
     arrays: dict[str, Pair] = {}
     bad = list(listing.skipped)
     for folder in LAYOUTS[listing.layout]:
         paths = [p for p, _ in listing.files[folder]]
         labels = np.array([label for _, label in listing.files[folder]], dtype=np.int32)
-        x, failed = decode(paths, config.image_size)
+        if into is None:
+            x, failed = decode(paths, config.image_size)
+        else:
+            x, failed = _decode_file(paths, config.image_size, _decoded_file(into, folder))
         bad += [paths[i] for i in failed]
         arrays[folder] = x, np.delete(labels, failed)
     if bad:
@@ -220,69 +298,40 @@ def _decode_folders(config: Data, listing: Listing) -> dict[str, Pair]:
     return arrays
 
 
-def _split(config: Data, listing: Listing, arrays: dict[str, Pair]) -> dict[str, Pair]:
-    """The train, val and test splits of the decoded folders, by the layout."""
+def _decoded_file(into: Path, folder: str) -> Path:
+    return into / f"decoded-{folder or 'all'}.npy"
+
+
+def _decode_file(
+    paths: list[Path], image_size: tuple[int, int], file: Path
+) -> tuple[np.ndarray, list[int]]:
+    """:func:`decode_into` the preallocated ``.npy`` ``file``; a read-only map of it."""
+    allocate(file, (len(paths), *image_size, 3), np.uint8)
+    failed = decode_into(paths, image_size, functools.partial(write_rows, file))
+    return np.load(file, mmap_mode="r")[: len(paths) - len(failed)], failed
+
+
+def _split(
+    config: Data, listing: Listing, labels: dict[str, np.ndarray]
+) -> dict[str, tuple[str, np.ndarray]]:
+    """The train, val and test splits, by the layout: each split's folder and the indices
+    of its images in that folder's decoded images (whose ``labels`` are given)."""
     if listing.layout == "train+validation+test":
-        return {"train": arrays["train"], "val": arrays["validation"], "test": arrays["test"]}
+        folders = zip(SPLITS, labels.items(), strict=True)
+        return {split: (folder, np.arange(len(y))) for split, (folder, y) in folders}
     if listing.layout == "train+validation":
-        x, y = arrays["validation"]
-        val, test = split_validation(y, config.test_fraction, config.split_seed)
-        return {"train": arrays["train"], "val": (x[val], y[val]), "test": (x[test], y[test])}
-    x, y = arrays[""]
+        val, test = split_validation(labels["validation"], config.test_fraction, config.split_seed)
+        train = np.arange(len(labels["train"]))
+        return {"train": ("train", train), "val": ("validation", val), "test": ("validation", test)}
+    y = labels[""]
     parts = split_classes(y, config.validation_fraction, config.test_fraction, config.split_seed)
-    splits = {name: (x[part], y[part]) for name, part in zip(SPLITS, parts, strict=True)}
-    for name, (_, labels) in splits.items():
-        counts = np.bincount(y, minlength=len(listing.class_names))
-        missing = [i for i in range(len(listing.class_names)) if not np.any(labels == i)]
+    counts = np.bincount(y, minlength=len(listing.class_names))
+    for name, part in zip(SPLITS, parts, strict=True):
+        missing = [i for i in range(len(listing.class_names)) if not np.any(y[part] == i)]
         if missing:
             raise UserError(
                 f"data: class {listing.class_names[missing[0]]!r} has no image in the {name} "
                 f"split ({counts[missing[0]]} readable image(s); at least 3 are needed to "
                 "split it into train, validation and test)"
             )
-    return splits
-
-
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):  # -> tf.data.Dataset
-    """A training set (images or features), reshuffled every epoch in an order fixed by
-    ``seed``; prefetched."""
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(_options())
-    )
-
-
-def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):  # -> tf.data.Dataset
-    """A validation or test set (images or features): fixed order, prefetched."""
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .batch(batch_size)
-        .map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-        .with_options(_options())
-    )
-
-
-def _options():  # -> tf.data.Options
-    """The pipeline's options: its thread pool sized to this worker's share of the cores."""
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    threads = pipeline_threads()
-    if threads is not None:
-        options.threading.private_threadpool_size = threads
-    return options
-
-
-def _to_float(x, y):  # type: ignore[no-untyped-def]
-    import tensorflow as tf
-
-    return tf.cast(x, tf.float32), y
+    return {name: ("", part) for name, part in zip(SPLITS, parts, strict=True)}

@@ -20,8 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,9 +239,10 @@ def _images_file(sweep: Sweep, images: Images) -> Path | None:
         return None
     if images.file is not None:
         return images.file
-    private = Path(tempfile.mkdtemp(prefix="ablation-")) / "images.npz"  # no cache folder
-    write_images(images, private)
-    return private
+    private = Path(tempfile.mkdtemp(prefix="ablation-"))  # no cache folder: a private copy
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    write_images(images, private / "images")
+    return private / "images"
 
 
 def _finished_or_running(study: optuna.Study) -> set[str]:
