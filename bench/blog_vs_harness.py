@@ -7,7 +7,7 @@
 (a) is the recipe as the blog writes it (``image_dataset_from_directory``, a test
 set taken from the validation batches, the four models, Adam, from logits),
 with Keras 3 syntax. (b) is ``ablation`` on the same four configurations, set
-up as ``sweeps/blog.yaml`` sets them up (early stopping, median pruner, feature
+up as ``sweeps/blog.yaml`` sets them up (early stopping, precision: auto, feature
 cache), as a user runs it (each trial in its own process, MLflow records, model
 saved).
 Set KERAS_HOME to a folder with the MobileNetV2 weights when offline.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -166,7 +167,7 @@ def harness(
     data: Path, epochs: int, seed: int, overrides: list[str], workdir: Path
 ) -> dict[str, tuple[float, float]]:
     """The same four models through ablation, set up as sweeps/blog.yaml sets them up
-    (early stopping, pruner, feature cache): {model: (seconds, test accuracy)}."""
+    (early stopping, precision, feature cache): {model: (seconds, test accuracy)}."""
     from ablation import load_sweep, run_sweep
 
     outcomes = {}
@@ -199,6 +200,25 @@ def harness(
     return results
 
 
+def decide_precision(data: Path, epochs: int, overrides: list[str], workdir: Path) -> Path | None:
+    """Time ``precision: auto`` once for this machine (as the first study on it does);
+    the cache file it leaves, or None when the sweep does not say ``auto``."""
+    from ablation import load_sweep
+    from ablation.precision import CACHE_FILE, resolve_auto
+
+    sweep = load_sweep(BLOG_SWEEP, [*harness_overrides(data, epochs, workdir), *overrides])
+    started = time.perf_counter()
+    resolved, record = resolve_auto(sweep)
+    if not record:
+        return None
+    print(
+        f"precision: auto, timed once for this machine in {time.perf_counter() - started:.0f} s "
+        f"(not in the harness's times): {resolved.train.precision}",
+        flush=True,
+    )
+    return Path(sweep.data.cache_dir) / CACHE_FILE
+
+
 def main() -> None:
     from ablation.cli import add_overrides
 
@@ -214,11 +234,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         data = limited_copy(args.data.resolve(), args.limit, workdir / "data")
+        precision = decide_precision(data, args.epochs, args.overrides, workdir / "machine")
         for seed in args.seeds:
             # Each seed in fresh stores: the harness decodes the images and computes the
-            # features again, as a first run does.
+            # features again, as a first run does; precision: auto's timing is done once
+            # per machine, so it is not repeated (its seconds are printed above).
             seed_dir = workdir / f"seed{seed}"
-            seed_dir.mkdir()
+            (seed_dir / "cache").mkdir(parents=True)
+            if precision is not None:
+                shutil.copy(precision, seed_dir / "cache" / precision.name)
             print(f"(a) the blog's recipe, {args.epochs} epoch(s), seed {seed}", flush=True)
             started = time.perf_counter()
             blog, models = blog_recipe(data, args.epochs, seed)
