@@ -200,7 +200,9 @@ def harness(
     return results
 
 
-def decide_precision(data: Path, epochs: int, overrides: list[str], workdir: Path) -> Path | None:
+def decide_precision(
+    data: Path, epochs: int, overrides: list[str], workdir: Path, threads: int | None = None
+) -> Path | None:
     """Time ``precision: auto`` once for this machine (as the first study on it does);
     the cache file it leaves, or None when the sweep does not say ``auto``."""
     from ablation import load_sweep
@@ -208,7 +210,7 @@ def decide_precision(data: Path, epochs: int, overrides: list[str], workdir: Pat
 
     sweep = load_sweep(BLOG_SWEEP, [*harness_overrides(data, epochs, workdir), *overrides])
     started = time.perf_counter()
-    resolved, record = resolve_auto(sweep)
+    resolved, record = resolve_auto(sweep, threads=threads)
     if not record:
         return None
     print(

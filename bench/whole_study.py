@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blog_vs_harness import limited_copy  # noqa: E402
+from blog_vs_harness import decide_precision, limited_copy  # noqa: E402
 from memory import child_pids, memory_of  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -213,7 +214,13 @@ def main() -> None:
                 )
         print(f"(a) the harness, seeds {args.seeds}, {args.workers} worker(s):", flush=True)
         study_dir = workdir / "study"
-        study_dir.mkdir()
+        (study_dir / "cache").mkdir(parents=True)
+        from ablation.cores import share_of_cores
+
+        threads = share_of_cores(args.workers)
+        precision = decide_precision(data, args.epochs, [], workdir / "machine", threads)
+        if precision is not None:  # timed once per machine, as on a user's first study
+            shutil.copy(precision, study_dir / "cache" / precision.name)
         ran = harness(data, args.seeds, args.epochs, args.workers, study_dir)
         report(ran, recipe, len(args.seeds), args.workers)
 
