@@ -209,11 +209,12 @@ def test_a_dead_machines_trial_runs_again_elsewhere(
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
+    storage = optuna.storages.RDBStorage(optuna_url)  # one connection pool for every look
     while True:
         assert machine_b.poll() is None, machine_b.communicate()
         assert time.monotonic() < deadline, "machine B never got into a trial"
         try:
-            study = optuna.load_study(study_name="scale", storage=optuna_url)
+            study = optuna.load_study(study_name="scale", storage=storage)
             running = [
                 t
                 for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
