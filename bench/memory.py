@@ -61,8 +61,9 @@ def memory_of(pid: int) -> dict[str, float] | None:
     return {"rss": kib["Rss"] / 1024, "pss": kib["Pss"] / 1024, "uss": private / 1024}
 
 
-def child_pids() -> set[int]:
-    me = os.getpid()
+def child_pids(parent: int | None = None) -> set[int]:
+    """The children of ``parent`` (default: this process), whichever thread started them."""
+    me = os.getpid() if parent is None else parent
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():

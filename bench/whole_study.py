@@ -128,21 +128,24 @@ def configurations() -> list[dict]:
 
 
 class TreeMemory:
-    """Peak RSS / PSS / USS of every child process of this one, sampled every 0.2 s."""
+    """Peak RSS / PSS / USS of this process's children (the study's process) and of
+    their children (its trial processes), sampled every 0.2 s."""
 
     def __init__(self) -> None:
         self.peaks: dict[int, dict[str, float]] = {}
+        self.studies: set[int] = set()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
 
+    def trial_processes(self) -> list[dict[str, float]]:
+        return [peak for pid, peak in self.peaks.items() if pid not in self.studies]
+
     def _sample(self) -> None:
-        seen: set[int] = set()
         while not self.stop.is_set():
-            seen |= child_pids()
-            for pid in list(seen):
-                for grandchild in _children_of(pid):
-                    seen.add(grandchild)
+            self.studies |= child_pids()
+            trials = {pid for study in self.studies for pid in child_pids(study)}
+            for pid in self.studies | trials:
                 memory = memory_of(pid)
                 if memory is None:
                     continue
@@ -150,14 +153,6 @@ class TreeMemory:
                 for key, value in memory.items():
                     peak[key] = max(peak[key], value)
             time.sleep(0.2)
-
-
-def _children_of(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def harness(data: Path, seeds: list[int], epochs: int, workers: int, workdir: Path) -> dict:
@@ -184,7 +179,7 @@ def harness(data: Path, seeds: list[int], epochs: int, workers: int, workdir: Pa
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("blog")
     runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
-    return {"wall": wall, "stdout": result.stdout, "runs": runs, "memory": memory.peaks}
+    return {"wall": wall, "stdout": result.stdout, "runs": runs, "memory": memory}
 
 
 def main() -> None:
@@ -247,7 +242,8 @@ def report(ran: dict, recipe: dict, seeds: int, workers: int) -> None:
         f"fixed cost per trial: median {statistics.median(fixed):.2f} s, max {max(fixed):.2f} s; "
         f"trial wall median {statistics.median(walls):.1f} s"
     )
-    trial_processes = [p for p in ran["memory"].values() if p["rss"] > 300]
+    # Trial processes only (not multiprocessing's small resource tracker).
+    trial_processes = [p for p in ran["memory"].trial_processes() if p["rss"] > 300]
     if trial_processes:
         print(
             "peak memory of a trial process (MiB, max over processes): "

@@ -270,19 +270,15 @@ def test_per_epoch_features_train_as_the_whole_model(
     sweep = small_sweep(data_40, tmp_path / "b", *stopping)
     images = load_images(sweep.data)
     reported: dict[str, list] = {"whole": [], "per epoch": []}
-    whole = train(
-        choices,
-        seed=1,
-        sweep=whole_sweep,
-        images=images,
-        on_epoch=lambda epoch, metrics: reported["whole"].append((epoch, metrics)),
-    )
-    ours = train(
-        choices,
-        seed=1,
-        sweep=sweep,
-        images=images,
-        on_epoch=lambda epoch, metrics: reported["per epoch"].append((epoch, metrics)),
+    whole, ours = (
+        train(
+            choices,
+            seed=1,
+            sweep=trial_sweep,
+            images=images,
+            on_epoch=lambda epoch, metrics, name=name: reported[name].append((epoch, metrics)),
+        )
+        for name, trial_sweep in (("whole", whole_sweep), ("per epoch", sweep))
     )
 
     assert ours.cached_splits == (("val",) if fine_tune else ("val", "test"))
