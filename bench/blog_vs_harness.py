@@ -200,25 +200,25 @@ def harness(
     return results
 
 
-def decide_precision(
+def time_machine(
     data: Path, epochs: int, overrides: list[str], workdir: Path, threads: int | None = None
-) -> Path | None:
-    """Time ``precision: auto`` once for this machine (as the first study on it does);
-    the cache file it leaves, or None when the sweep does not say ``auto``."""
-    from ablation import load_sweep
-    from ablation.precision import CACHE_FILE, resolve_auto
+) -> list[Path]:
+    """Time ``precision: auto`` and ``feature_batch_size: auto`` once for this machine (as
+    the first study on it does); the cache files that leaves, to copy into a study's cache."""
+    from ablation import feature_batch, load_sweep, precision
 
     sweep = load_sweep(BLOG_SWEEP, [*harness_overrides(data, epochs, workdir), *overrides])
     started = time.perf_counter()
-    resolved, record = resolve_auto(sweep, threads=threads)
-    if not record:
-        return None
+    sweep, _ = precision.resolve_auto(sweep, threads=threads)
+    sweep, _ = feature_batch.resolve_auto(sweep, threads=threads)
+    train = sweep.train
     print(
-        f"precision: auto, timed once for this machine in {time.perf_counter() - started:.0f} s "
-        f"(not in the harness's times): {resolved.train.precision}",
+        f"timed once for this machine in {time.perf_counter() - started:.0f} s (not in the "
+        f"harness's times): precision {train.precision}, feature batch {train.feature_batch_size}",
         flush=True,
     )
-    return Path(sweep.data.cache_dir) / CACHE_FILE
+    cache = Path(sweep.data.cache_dir)
+    return [cache / name for name in (precision.CACHE_FILE, feature_batch.CACHE_FILE)]
 
 
 def main() -> None:
@@ -236,15 +236,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         data = limited_copy(args.data.resolve(), args.limit, workdir / "data")
-        precision = decide_precision(data, args.epochs, args.overrides, workdir / "machine")
+        timings = time_machine(data, args.epochs, args.overrides, workdir / "machine")
         for seed in args.seeds:
             # Each seed in fresh stores: the harness decodes the images and computes the
-            # features again, as a first run does; precision: auto's timing is done once
+            # features again, as a first run does; the auto settings' timing is done once
             # per machine, so it is not repeated (its seconds are printed above).
             seed_dir = workdir / f"seed{seed}"
             (seed_dir / "cache").mkdir(parents=True)
-            if precision is not None:
-                shutil.copy(precision, seed_dir / "cache" / precision.name)
+            for timing in timings:
+                if timing.is_file():
+                    shutil.copy(timing, seed_dir / "cache" / timing.name)
             print(f"(a) the blog's recipe, {args.epochs} epoch(s), seed {seed}", flush=True)
             started = time.perf_counter()
             blog, models = blog_recipe(data, args.epochs, seed)

@@ -2,7 +2,7 @@
 
     KERAS_HOME=/tmp/keras-home python bench/model4_features.py --data ../shared/data/cats_and_dogs
     KERAS_HOME=/tmp/keras-home python bench/model4_features.py --per-class 100 --epochs 3  # quick
-    KERAS_HOME=/tmp/keras-home python bench/model4_features.py --inference-batch 64
+    KERAS_HOME=/tmp/keras-home python bench/model4_features.py --feature-batch 64
 
 Both runs in one process, on the same real images (``--per-class`` per class and
 split: 300 gives 600 training images), with the same seed and ``sweeps/blog.yaml``'s
@@ -12,7 +12,7 @@ settings, without early stopping:
     the backbone at the training batch size, under the gradient tape;
 (b) the default: validation and test through cached features, and the training
     set's augmented features computed at each epoch's start, the backbone in
-    inference mode in batches of ``ablation.features.INFERENCE_BATCH_SIZE``.
+    inference mode, ``--feature-batch`` images per pass (``train.feature_batch_size``).
 
 The backbone is MobileNetV2 with alpha 1.0 and ImageNet weights at 160x160 when
 ``$KERAS_HOME/models`` has that file, else the alpha-0.35 file there (any size).
@@ -73,7 +73,6 @@ def timed_trial(overrides: list[str], seed: int) -> dict:
 
 
 def main() -> None:
-    from ablation import features
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/cats_and_dogs")
@@ -82,7 +81,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--inference-batch", type=int, help="images per backbone pass in (b) (default: 256)"
+        "--feature-batch", type=int, default=32, help="images per backbone pass in (b)"
     )
     args = parser.parse_args()
     if args.epochs < 2:
@@ -95,11 +94,9 @@ def main() -> None:
         f"train.epochs={args.epochs}",
         "train.patience=null",
         *backbone_overrides(args.size),
+        f"train.feature_batch_size={args.feature_batch}",
     ]
-    if args.inference_batch:
-        features.INFERENCE_BATCH_SIZE = args.inference_batch
     print("settings:", " ".join(overrides[1:]), flush=True)
-    print("images per backbone pass in (b):", features.INFERENCE_BATCH_SIZE, flush=True)
     runs = {}
     for name, extra in (("whole model", ["train.cache_features=false"]), ("per-epoch", [])):
         runs[name] = timed_trial([*overrides, *extra], args.seed)

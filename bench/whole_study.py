@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blog_vs_harness import decide_precision, limited_copy  # noqa: E402
+from blog_vs_harness import limited_copy, time_machine  # noqa: E402
 from memory import child_pids, memory_of  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -169,17 +169,26 @@ def harness(data: Path, seeds: list[int], epochs: int, workers: int, workdir: Pa
     ]  # fmt: skip
     memory = TreeMemory()
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, check=False)
+    process = subprocess.Popen(
+        command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stderr is not None
+    lines = []
+    for line in process.stdout:  # streamed: a long run shows its progress as it goes
+        lines.append(line)
+        print(f"    | {line}", end="", flush=True)
+    stderr = process.stderr.read()
+    returncode = process.wait()
     wall = time.perf_counter() - started
     memory.stop.set()
-    if result.returncode != 0:
-        raise SystemExit(f"the study failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    if returncode != 0:
+        raise SystemExit(f"the study failed ({returncode}):\n{stderr[-3000:]}")
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
     experiment = client.get_experiment_by_name("blog")
     runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
-    return {"wall": wall, "stdout": result.stdout, "runs": runs, "memory": memory}
+    return {"wall": wall, "stdout": "".join(lines), "runs": runs, "memory": memory}
 
 
 def main() -> None:
@@ -213,9 +222,9 @@ def main() -> None:
         from ablation.cores import share_of_cores
 
         threads = share_of_cores(args.workers)
-        precision = decide_precision(data, args.epochs, [], workdir / "machine", threads)
-        if precision is not None:  # timed once per machine, as on a user's first study
-            shutil.copy(precision, study_dir / "cache" / precision.name)
+        for timing in time_machine(data, args.epochs, [], workdir / "machine", threads):
+            if timing.is_file():  # timed once per machine, as on a user's first study
+                shutil.copy(timing, study_dir / "cache" / timing.name)
         ran = harness(data, args.seeds, args.epochs, args.workers, study_dir)
         report(ran, recipe, len(args.seeds), args.workers)
 

@@ -209,14 +209,17 @@ def test_epoch_orders_are_the_orders_fit_serves() -> None:
     assert len({tuple(order) for order in predicted}) == epochs  # reshuffled every epoch
 
 
+@pytest.mark.parametrize(
+    ("feature_batch_size", "passes"),
+    [(8, 6), (16, 3), (40, 2)],  # batches cut in two; as they are; joined then cut (40, 8)
+)
 def test_an_epochs_features_are_the_whole_models(
-    data_40: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_40: Path, tmp_path: Path, feature_batch_size: int, passes: int
 ) -> None:
     """The features of an epoch, augmented batch by batch and run through the backbone
-    several batches at a time, are what the whole model's pooling gets in training."""
+    in passes of any size, are what the whole model's pooling gets in training."""
     import keras
 
-    monkeypatch.setattr(features, "INFERENCE_BATCH_SIZE", 40)  # passes of 32 images, and 16
     sweep = small_sweep(data_40, tmp_path)
     x = load_images(sweep.data).x_train[:48]
     choices = FROZEN.model_copy(update={"augment": True, "rotation": 0.2})
@@ -231,11 +234,14 @@ def test_an_epochs_features_are_the_whole_models(
     assert ours.backbone is not None
     augment, extract = feature_steps(ours)
     computed = np.empty((len(x), *ours.backbone.output.shape[1:]), "float32")
-    passes = 0
-    for rows, passed in augmented_features(augment, extract, x, order, batch_size):
+    sizes = []
+    for rows, passed in augmented_features(
+        augment, extract, x, order, batch_size, feature_batch_size
+    ):
         computed[rows] = passed
-        passes += 1
-    assert passes == 2  # 32 images (two batches), then 16
+        sizes.append(len(rows))
+    assert len(sizes) == passes and sum(sizes) == len(x)
+    assert max(sizes) == feature_batch_size
 
     model = network().model  # a fresh model: its augmentation draws from the same start
     inside = keras.Model(model.input, model.get_layer("global_max_pooling2d").input)
@@ -251,23 +257,22 @@ def test_an_epochs_features_are_the_whole_models(
 @pytest.mark.slow  # trains the model twice: per-epoch features and whole
 @pytest.mark.parametrize("fine_tune", [False, True])
 def test_per_epoch_features_train_as_the_whole_model(
-    data_40: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fine_tune: bool
+    data_40: Path, tmp_path: Path, fine_tune: bool
 ) -> None:
     """Model4 (augmentation before the frozen backbone): the same curves and test accuracy.
 
     Tolerances: the losses to a relative 1e-4 and the accuracies to one image. The two
-    paths differ only in float rounding (the backbone's batches of 64 against 32, the
+    paths differ only in float rounding (the backbone's passes of 8 against 32, the
     augmentation run eagerly against inside fit's graph), about 1e-7 relative; a different
     order or different random draws change the loss by 1e-2 or more.
     """
-    monkeypatch.setattr(features, "INFERENCE_BATCH_SIZE", 64)  # two passes per epoch of 80
     choices = FROZEN.model_copy(update={"augment": True, "rotation": 0.2})
     stopping = ["train.patience=1", "train.epochs=4"]  # may stop early, keeps the best epoch
     if fine_tune:
         choices = choices.model_copy(update={"fine_tune_layers": 10, "fine_tune_epochs": 1})
         stopping = []
     whole_sweep = small_sweep(data_40, tmp_path / "a", "train.cache_features=false", *stopping)
-    sweep = small_sweep(data_40, tmp_path / "b", *stopping)
+    sweep = small_sweep(data_40, tmp_path / "b", "train.feature_batch_size=8", *stopping)
     images = load_images(sweep.data)
     reported: dict[str, list] = {"whole": [], "per epoch": []}
     whole, ours = (
@@ -315,7 +320,9 @@ def test_the_per_epoch_model_trains_the_heads_weights_only(data_40: Path, tmp_pa
         num_classes=2,
         weights=sweep.model,
     )
-    per_epoch = epoch_training(network, images.x_train, images.y_train, batch_size=32, seed=0)
+    per_epoch = epoch_training(
+        network, images.x_train, images.y_train, batch_size=32, seed=0, feature_batch_size=8
+    )
     assert network.head is not None
     # The features are no weight: early stopping's copies of the best weights stay small.
     assert [w.path for w in per_epoch.model.weights] == [w.path for w in network.head.weights]
@@ -326,4 +333,5 @@ def test_the_per_epoch_model_trains_the_heads_weights_only(data_40: Path, tmp_pa
             images.y_train,
             batch_size=32,
             seed=0,
+            feature_batch_size=8,
         )

@@ -247,10 +247,21 @@ def test_a_study_records_the_measured_policy_on_each_trial(
     cache = json.loads((tmp_path / "mlruns" / "cache" / CACHE_FILE).read_text())
     [entry] = cache["machines"].values()
     assert {s["policy"] for s in entry["shapes"].values()} == set(decided.values())
+    [batch_timing] = client.list_artifacts(summary.parent_run_id, "feature_batch_timing")
+    batches = json.loads(
+        Path(client.download_artifacts(summary.parent_run_id, batch_timing.path)).read_text()
+    )
+    assert set(batches["backbones"]) == {"mobilenet_v2"}  # the CNN computes no features
     for outcome in summary.outcomes:
         run = client.get_run(outcome.run_id)
         backbone = run.data.params["backbone"]
         assert run.data.params["precision"] == decided[backbone]
+        batch = run.data.params.get("feature_batch_size")
+        assert batch == (
+            str(batches["backbones"]["mobilenet_v2"]["batch_size"])
+            if backbone == "mobilenet_v2"
+            else None
+        )
         local = client.download_artifacts(outcome.run_id, "model.keras", str(tmp_path / backbone))
         dtype = keras.saving.load_model(local).layers[-2].compute_dtype  # before the logits
         assert dtype == ("bfloat16" if decided[backbone] == "mixed_bfloat16" else "float32")

@@ -165,6 +165,12 @@ class Train(_Section):
         "policy a few timed training steps found at least 10% faster than float32, else "
         "float32; timed once per machine and shape (ablation.precision)",
     )
+    feature_batch_size: Literal["auto"] | PositiveInt | dict[BackboneName, PositiveInt] = Field(
+        "auto",
+        description="images per pass when a frozen backbone computes features (inference: "
+        "the features do not depend on it, the speed does); auto: the fastest of a few "
+        "sizes, timed once per machine and backbone (ablation.feature_batch)",
+    )
     cache_features: bool = Field(
         True,
         description="compute a frozen backbone's features once and train only the head on "

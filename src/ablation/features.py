@@ -14,8 +14,8 @@ With augmentation (the blog's model4), the training set's features change every
 epoch, so they are computed anew at each epoch's start (:func:`epoch_training`):
 the epoch's batches, in the order the whole model would see them, go through the
 model's own augmentation layers batch by batch (the same random draws), then
-through the backbone in inference mode in large batches
-(:data:`INFERENCE_BATCH_SIZE`, no gradient tape); the head then trains on them
+through the backbone in inference mode (``train.feature_batch_size`` images per
+pass, no gradient tape); the head then trains on them
 batch by batch in the same order, in one ``fit`` (early stopping and the epoch
 callbacks as for the whole model). This lasts only while the backbone is frozen:
 fine-tuning's second phase trains the whole model.
@@ -59,10 +59,6 @@ if TYPE_CHECKING:
     import keras
 
 _CACHE: dict[tuple[str, str], np.ndarray] = {}
-
-INFERENCE_BATCH_SIZE = 256
-"""Images per backbone pass when an epoch's training features are computed (a whole
-number of training batches, at least one): large inference batches are the speed-up."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +168,13 @@ class EpochTraining:
 
 
 def epoch_training(
-    network: Network, x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int
+    network: Network,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int,
+    feature_batch_size: int,
 ) -> EpochTraining:
     """The head trained on the augmented training set's features, computed per epoch.
 
@@ -180,7 +182,7 @@ def epoch_training(
     order ``fit`` serves ``train_dataset(x, y, batch_size, seed)`` to the whole model
     (:func:`epoch_orders`), augments them batch by batch with the model's own
     augmentation layers (so with the same random draws), and runs the backbone on
-    them in inference mode, :data:`INFERENCE_BATCH_SIZE` images at a time. The
+    them in inference mode, ``feature_batch_size`` images at a time. The
     model then looks each image's features up by its index: ``dataset`` serves the
     indices in the whole model's batches, and each label with its image whatever
     the order. The model's weights are the head's (the features are not weights,
@@ -204,7 +206,8 @@ def epoch_training(
     class ComputeEpochFeatures(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             order = next(orders)
-            for rows, computed in augmented_features(augment, extract, x, order, batch_size):
+            passes = augmented_features(augment, extract, x, order, batch_size, feature_batch_size)
+            for rows, computed in passes:
                 features.scatter_nd_update(rows[:, None], tf.cast(computed, tf.float32))
 
     indices = keras.Input(shape=(), name="image_index")
@@ -256,22 +259,35 @@ def epoch_orders(count: int, batch_size: int, seed: int) -> Iterator[np.ndarray]
 
 
 def augmented_features(
-    augment: Any, extract: Any, x: np.ndarray, order: np.ndarray, batch_size: int
+    augment: Any,
+    extract: Any,
+    x: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    feature_batch_size: int,
 ) -> Iterator[tuple[np.ndarray, Any]]:
     """The features of ``x`` augmented in ``order``, ``batch_size`` images per ``augment``
-    call: ``(rows, features)`` per ``extract`` pass, ``rows`` indices into ``x``
-    (``augment`` and ``extract``: :func:`feature_steps`).
+    call: ``(rows, features)`` per ``extract`` pass of ``feature_batch_size`` images (the
+    last may have fewer), ``rows`` indices into ``x`` (``augment`` and ``extract``:
+    :func:`feature_steps`).
 
     The augmentation draws per call, so its batches are the training batches; the
-    backbone takes as many of them at once as fit in :data:`INFERENCE_BATCH_SIZE`.
+    backbone's passes cut them or join them, which changes no image's features.
     """
     import tensorflow as tf
 
-    per_pass = max(1, INFERENCE_BATCH_SIZE // batch_size) * batch_size
-    for start in range(0, len(order), per_pass):
-        rows = order[start : start + per_pass]
-        augmented = [
-            augment(x[rows[i : i + batch_size]].astype(np.float32))
-            for i in range(0, len(rows), batch_size)
-        ]
-        yield rows, extract(tf.concat(augmented, axis=0))
+    joined = max(1, -(-feature_batch_size // batch_size)) * batch_size  # augmented, then cut
+    for start in range(0, len(order), joined):
+        rows = order[start : start + joined]
+        augmented = tf.concat(
+            [
+                augment(x[rows[i : i + batch_size]].astype(np.float32))
+                for i in range(0, len(rows), batch_size)
+            ],
+            axis=0,
+        )
+        for cut in range(0, len(rows), feature_batch_size):
+            yield (
+                rows[cut : cut + feature_batch_size],
+                extract(augmented[cut : cut + feature_batch_size]),
+            )

@@ -30,27 +30,26 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import hashlib
-import json
 import logging
-import multiprocessing
-import os
-import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, get_args
 
 from ablation.config import Precision, PretrainedWeights, Sweep, Train
-from ablation.cores import available_cores, use_threads
 from ablation.errors import first_line
 from ablation.factors import BackboneName, Configuration, is_one_of
+from ablation.machine import (
+    add_shapes,
+    in_spawned_process,
+    locked,
+    machine_identity,
+    machine_key,
+    read_machines,
+)
 from ablation.models import build_model, compile_model
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,6 @@ closer than that is within run-to-run noise, and float32 is the blog's arithmeti
 WARMUP_STEPS = 2  # traced and warmed up, not timed
 TIMED_STEPS = 5  # the median of these is a policy's time per step
 CACHE_FILE = "precision.json"
-_CACHE_FORMAT = 1  # a cache file of another format is ignored (measured again)
 Timings = dict[str, float]  # policy -> seconds per training step
 # Times each shape's training step in every candidate policy (tests fake it).
 Measure = Callable[[Sequence["Shape"], PretrainedWeights], list[Timings]]
@@ -179,8 +177,8 @@ def _decide(
     """Each shape's policy and timings, from the cache or measured (and then cached)."""
     key = machine_key(machine)
     # One timing at a time per cache folder: none doubled, none slowed by another.
-    with _locked(cache) if cache else contextlib.nullcontext():
-        known = _read_cache(cache).get(key, {}).get("shapes", {}) if cache else {}
+    with locked(cache) if cache else contextlib.nullcontext():
+        known = read_machines(cache, _valid).get(key, {}).get("shapes", {}) if cache else {}
         decided = {s.key: {**known[s.key], "cached": True} for s in shapes if s.key in known}
         missing = [shape for shape in shapes if shape.key not in known]
         if not missing:
@@ -199,101 +197,20 @@ def _decide(
             for shape, timings in zip(missing, measured, strict=True)
         }
         if cache is not None:
-            _write_cache(cache, key, machine, fresh)
+            add_shapes(cache, key, machine, fresh, _valid)
     return {**decided, **{k: {**v, "cached": False} for k, v in fresh.items()}}
 
 
-def machine_identity(threads: int | None = None) -> dict[str, Any]:
-    """What a timing depends on besides the shape (TensorFlow not imported): CPU model and
-    flags, a trial's threads (default: every core), TensorFlow and Keras, NVIDIA GPUs."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        name, _, value = line.partition(":")
-        fields.setdefault(name.strip(), value.strip())
-    flags = " ".join(sorted(set((fields.get("flags") or fields.get("Features") or "").split())))
-    return {
-        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
-        "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
-        "cores": threads or available_cores(),
-        "tensorflow": _version("tensorflow"),
-        "keras": _version("keras"),
-        "gpus": _gpu_names(),
-    }
-
-
-def machine_key(machine: dict[str, Any]) -> str:
-    """A short hash of a machine's identity (the cache's key)."""
-    return hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@functools.cache
-def _version(package: str) -> str:
-    """The installed version of the distribution(s) giving ``package`` (tensorflow-cpu...)."""
-    names = metadata.packages_distributions().get(package, [])
-    return ", ".join(sorted(f"{name} {metadata.version(name)}" for name in set(names))) or "none"
-
-
-def _gpu_names() -> list[str]:
-    """The NVIDIA driver's GPU models (Linux), and which of them CUDA may use if that is set."""
-    names = []
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-        with contextlib.suppress(OSError):
-            lines = info.read_text().splitlines()
-            names += [line.partition(":")[2].strip() for line in lines if line.startswith("Model:")]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return [*names, f"CUDA_VISIBLE_DEVICES={visible}"] if names and visible is not None else names
-
-
-@contextlib.contextmanager
-def _locked(cache: Path) -> Iterator[None]:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache.with_name(f"{cache.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    """machine key -> {"machine", "shapes": {shape key: {"policy", "seconds_per_step"}}};
-    a missing, unreadable or foreign file reads as empty (and is timed again)."""
-    try:
-        data = json.loads(path.read_text())
-        machines = data["machines"] if data.get("format") == _CACHE_FORMAT else {}
-        for entry in machines.values():  # a bad entry reads as missing: timed again
-            shapes = entry["shapes"].items()
-            entry["shapes"] = {k: v for k, v in shapes if v.get("policy") in get_args(Precision)}
-        return dict(machines)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.warning("precision: %s is unreadable (%s); timing again", path, first_line(exc))
-        return {}
-
-
-def _write_cache(
-    path: Path, key: str, machine: dict[str, Any], shapes: dict[str, dict[str, Any]]
-) -> None:
-    """Add ``shapes`` to the machine's entry: written beside, then renamed over the file, so
-    that a reader (another machine on a shared folder) sees the old file or the new one."""
-    machines = _read_cache(path)
-    entry = machines.setdefault(key, {"machine": machine, "shapes": {}})
-    entry["shapes"].update(shapes)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps({"format": _CACHE_FORMAT, "machines": machines}, indent=1))
-    partial.replace(path)
+def _valid(entry: dict[str, Any]) -> bool:
+    """A cached decision names a policy (else it is timed again)."""
+    return entry.get("policy") in get_args(Precision)
 
 
 def measure_in_process(
     shapes: Sequence[Shape], weights: PretrainedWeights, threads: int | None = None
 ) -> list[Timings]:
     """:func:`time_shapes` in a fresh spawned process with a trial's ``threads``."""
-    context = multiprocessing.get_context("spawn")
-    limit: dict[str, Any] = {"initializer": use_threads, "initargs": (threads,)} if threads else {}
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, **limit) as pool:
-        return pool.submit(time_shapes, list(shapes), weights).result()
+    return in_spawned_process(time_shapes, list(shapes), weights, threads=threads)
 
 
 def time_shapes(

@@ -75,6 +75,7 @@ class ParamName:
     CLASS_NAMES = "class_names"  # the same, comma-joined: read from older records only
     LAYOUT = "data_layout"
     PRECISION = "precision"
+    FEATURE_BATCH_SIZE = "feature_batch_size"  # where a frozen backbone computes features
 
 
 def class_names_of(params: Mapping[str, str]) -> list[str]:
@@ -126,6 +127,7 @@ DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DEFAULT_ALIAS = "champion"  # the alias `ablation.best --register` moves to its version
 ARTIFACT_DATA_DIR = "data"  # the study run's data pictures
 ARTIFACT_PRECISION_DIR = "precision_timing"  # the study run's precision: auto, one JSON per machine
+ARTIFACT_FEATURE_BATCH_DIR = "feature_batch_timing"  # its feature_batch_size: auto, the same
 ARTIFACT_CONFUSION = "confusion_matrix.json"  # test set: class_names, counts[true][predicted]
 ARTIFACT_CONFUSION_PLOT = "confusion_matrix.png"
 

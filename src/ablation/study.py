@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ablation import space
+from ablation import feature_batch, space
 from ablation.config import Sweep
 from ablation.cores import share_of_cores
 from ablation.data import Images, load_images, write_images
@@ -38,10 +38,11 @@ from ablation.errors import UserError
 from ablation.factors import Params
 from ablation.figures import data_figures, write_figures
 from ablation.isolation import SpareProcesses
+from ablation.machine import machine_key
 from ablation.models import mobilenet_v2_base, weights_fingerprint
 from ablation.plan import grid_points
-from ablation.precision import machine_key, resolve_auto
-from ablation.records import ARTIFACT_PRECISION_DIR, ParamName
+from ablation.precision import resolve_auto
+from ablation.records import ARTIFACT_FEATURE_BATCH_DIR, ARTIFACT_PRECISION_DIR, ParamName
 from ablation.redaction import redact, redacted
 from ablation.storage import (
     fail_dead_trials,
@@ -120,9 +121,10 @@ def _run_sweep(
     study = open_study(sweep)
     tracker = Tracker(sweep.tracking, sweep.experiment_name)
     written = sweep  # as the user wrote it (precision: auto): the study run's sweep.yaml
-    # From here on one policy per backbone, for the trials too (timed with no trial
-    # process yet to disturb the timing).
+    # From here on one policy and one feature batch size per backbone, for the trials
+    # too (timed with no trial process yet to disturb the timing).
     sweep, precision = resolve_auto(sweep, threads=threads)
+    sweep, batches = feature_batch.resolve_auto(sweep, threads=threads)
     if sweep.study.isolation == "process":  # each worker's first trial process gets ready now
         spares += [SpareProcesses(sweep, threads) for _ in range(workers)]
     identity = _identity(sweep, images)
@@ -140,9 +142,12 @@ def _run_sweep(
     for spare in spares:
         spare.stores_ready()
     _attach_data_pictures(sweep, images, tracker, parent_id)
-    if precision:
-        name = f"{ARTIFACT_PRECISION_DIR}/{machine_key(precision['machine'])}.json"
-        tracker.log_json(parent_id, precision, name)
+    for folder, timing in (
+        (ARTIFACT_PRECISION_DIR, precision),
+        (ARTIFACT_FEATURE_BATCH_DIR, batches),
+    ):
+        if timing:
+            tracker.log_json(parent_id, timing, f"{folder}/{machine_key(timing['machine'])}.json")
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
     context = Context(
         sweep,

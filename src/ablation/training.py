@@ -31,6 +31,7 @@ import numpy as np
 from ablation.config import Sweep
 from ablation.data import Images, eval_dataset, train_dataset
 from ablation.factors import Configuration
+from ablation.feature_batch import feature_batch_size
 from ablation.features import (
     FeaturePlan,
     epoch_training,
@@ -201,7 +202,7 @@ def _features(
         plan.splits,
         key=feature_key(sweep, images, configuration),
         cache_dir=sweep.data.cache_dir,
-        batch_size=sweep.data.batch_size,
+        batch_size=feature_batch_size(sweep, configuration),
     )
 
 
@@ -226,7 +227,12 @@ def _fit_first_phase(
         validation = None
     if plan.train_per_epoch:
         per_epoch = epoch_training(
-            network, images.x_train, images.y_train, batch_size=batch_size, seed=seed
+            network,
+            images.x_train,
+            images.y_train,
+            batch_size=batch_size,
+            seed=seed,
+            feature_batch_size=feature_batch_size(sweep, configuration),
         )
         fitted, train_set = per_epoch.model, per_epoch.dataset
         _compile(fitted, configuration, sweep)

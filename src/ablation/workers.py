@@ -21,6 +21,8 @@ from ablation import space
 from ablation.config import Sweep
 from ablation.data import Images
 from ablation.factors import Params
+from ablation.feature_batch import feature_batch_size
+from ablation.features import plan_features
 from ablation.isolation import SpareProcesses
 from ablation.precision import dtype_policy
 from ablation.records import ParamName, TrialState
@@ -129,9 +131,7 @@ def work_in_threads(
             errors.append(exc)
             context.stop.set()
 
-    threads = [
-        threading.Thread(target=loop, args=(n,), name=f"worker-{n}") for n in range(workers)
-    ]
+    threads = [threading.Thread(target=loop, args=(n,), name=f"worker-{n}") for n in range(workers)]
     for thread in threads:
         thread.start()
     try:
@@ -215,10 +215,14 @@ def _trial_params(context: Context, params: Params, seed: int) -> dict[str, Any]
     """A trial run's params: the study's identity, then the trial's factors, which
     override the train section's value (``learning_rate``)."""
     configuration = space.configuration(params)
+    plan = plan_features(configuration, context.sweep.train)
+    computes_features = bool(plan.splits) or plan.train_per_epoch
+    batch = feature_batch_size(context.sweep, configuration) if computes_features else None
     return {
         **context.identity,
         **(context.weights if configuration.pretrained else {}),
         ParamName.PRECISION: dtype_policy(context.sweep.train, configuration),
+        **({ParamName.FEATURE_BATCH_SIZE: batch} if batch is not None else {}),
         **params,
         ParamName.SEED: seed,
     }
