@@ -169,16 +169,18 @@ def harness(data: Path, seeds: list[int], epochs: int, workers: int, workdir: Pa
     ]  # fmt: skip
     memory = TreeMemory()
     started = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert process.stdout is not None and process.stderr is not None
-    lines = []
-    for line in process.stdout:  # streamed: a long run shows its progress as it goes
-        lines.append(line)
-        print(f"    | {line}", end="", flush=True)
-    stderr = process.stderr.read()
-    returncode = process.wait()
+    errors = workdir / "stderr.txt"  # a file, not a pipe: a full pipe would stall the study
+    with open(errors, "w") as stderr_file:
+        process = subprocess.Popen(
+            command, cwd=workdir, stdout=subprocess.PIPE, stderr=stderr_file, text=True
+        )
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:  # streamed: a long run shows its progress as it goes
+            lines.append(line)
+            print(f"    | {line}", end="", flush=True)
+        returncode = process.wait()
+    stderr = errors.read_text()
     wall = time.perf_counter() - started
     memory.stop.set()
     if returncode != 0:
