@@ -2,6 +2,7 @@
 
     KERAS_HOME=/tmp/keras-home python bench/whole_study.py --data ../shared/data/cats_and_dogs
     python bench/whole_study.py --limit 40 --epochs 2 --seeds 0     # a few minutes, a check
+    python bench/whole_study.py --set "space.backbone.choice=[mobilenet_v2]"   # half the grid
 
 (a) The harness, for real: ``python -m ablation.run sweeps/blog.yaml`` with
 ``study.seeds`` set (12 configurations x 3 seeds = 36 trials with the defaults),
@@ -114,12 +115,13 @@ def recipe_seconds(data: Path, configuration: dict, epochs: int) -> tuple[float,
     return times[0], times[-1], tested
 
 
-def configurations() -> list[dict]:
-    """The twelve configurations of sweeps/blog.yaml, as the harness plans them."""
+def configurations(overrides: list[str]) -> list[dict]:
+    """The configurations of sweeps/blog.yaml (twelve; fewer with ``overrides`` of its
+    space), as the harness plans them."""
     from ablation import load_sweep
     from ablation.plan import grid_points
 
-    sweep = load_sweep(BLOG_SWEEP, ["study.seeds=[0]"])
+    sweep = load_sweep(BLOG_SWEEP, [*overrides, "study.seeds=[0]"])
     configs = []
     for params, _ in grid_points(sweep):
         config = {"augment": False, "rotation": 0.0, "preprocess": "none", **params}
@@ -155,7 +157,9 @@ class TreeMemory:
             time.sleep(0.2)
 
 
-def harness(data: Path, seeds: list[int], epochs: int, workers: int, workdir: Path) -> dict:
+def harness(
+    data: Path, seeds: list[int], epochs: int, workers: int, workdir: Path, overrides: list[str]
+) -> dict:
     """Run the study on the command line; its wall time, output and trial records."""
     command = [
         sys.executable, "-m", "ablation.run", str(BLOG_SWEEP),
@@ -166,6 +170,7 @@ def harness(data: Path, seeds: list[int], epochs: int, workers: int, workdir: Pa
         "--storage", f"{workdir}/optuna.journal",
         "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
         "--workers", str(workers),
+        *(item for override in overrides for item in ("--set", override)),
     ]  # fmt: skip
     memory = TreeMemory()
     started = time.perf_counter()
@@ -194,6 +199,8 @@ def harness(data: Path, seeds: list[int], epochs: int, workers: int, workdir: Pa
 
 
 def main() -> None:
+    from ablation.cli import add_overrides
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cats_and_dogs"))
     parser.add_argument("--epochs", type=int, default=20)
@@ -201,6 +208,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--skip-recipe", action="store_true")
+    add_overrides(parser, "override sweeps/blog.yaml, e.g. its space (both sides)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -208,7 +216,7 @@ def main() -> None:
         recipe = {}
         if not args.skip_recipe:
             print("(b) the recipe, 2 epochs per configuration, extrapolated:", flush=True)
-            for config in configurations():
+            for config in configurations(args.overrides):
                 first, second, test = recipe_seconds(data, config, args.epochs)
                 total = first + (args.epochs - 1) * second + test
                 label = json.dumps(config, sort_keys=True)
@@ -224,10 +232,11 @@ def main() -> None:
         from ablation.cores import share_of_cores
 
         threads = share_of_cores(args.workers)
-        for timing in time_machine(data, args.epochs, [], workdir / "machine", threads):
+        machine = workdir / "machine"
+        for timing in time_machine(data, args.epochs, args.overrides, machine, threads):
             if timing.is_file():  # timed once per machine, as on a user's first study
                 shutil.copy(timing, study_dir / "cache" / timing.name)
-        ran = harness(data, args.seeds, args.epochs, args.workers, study_dir)
+        ran = harness(data, args.seeds, args.epochs, args.workers, study_dir, args.overrides)
         report(ran, recipe, len(args.seeds), args.workers)
 
 
