@@ -256,6 +256,8 @@ def test_a_study_records_the_measured_policy_on_each_trial(
         run = client.get_run(outcome.run_id)
         backbone = run.data.params["backbone"]
         assert run.data.params["precision"] == decided[backbone]
+        per_epoch = run.data.tags.get("ablation.features_per_epoch")  # augmented: model4's way
+        assert per_epoch == ("true" if backbone == "mobilenet_v2" else None)
         batch = run.data.params.get("feature_batch_size")
         assert batch == (
             str(batches["backbones"]["mobilenet_v2"]["batch_size"])

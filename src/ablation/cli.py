@@ -28,13 +28,15 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def configure_logging(debug: bool) -> None:
-    """Warnings only, without MLflow's set-up notes or TensorFlow's retracing notes; never a
-    password (:func:`ablation.redaction.redact_output`)."""
+    """Warnings only, without MLflow's set-up notes or TensorFlow's retracing notes, but this
+    package's own notes (a machine timed once for the auto settings); never a password
+    (:func:`ablation.redaction.redact_output`)."""
     redact_output()
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s"
     )
     if not debug:
+        logging.getLogger("ablation").setLevel(logging.INFO)
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 

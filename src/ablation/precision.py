@@ -183,7 +183,11 @@ def _decide(
         missing = [shape for shape in shapes if shape.key not in known]
         if not missing:
             return decided
-        log.info("precision: auto: timing %s, once", "; ".join(s.key for s in missing))
+        log.info(
+            "precision: auto: timing %s on this machine, once (kept in %s)",
+            "; ".join(s.key for s in missing),
+            cache or "no cache folder",
+        )
         try:
             measured = measure(missing, weights)
         except Exception as exc:  # a crashed or failing timing must not stop the study

@@ -98,7 +98,8 @@ class TagName:
     STUDY = "ablation.study"
     TRIAL = "ablation.trial"  # the Optuna trial number
     STATE = "ablation.state"  # a TrialState
-    CACHED_FEATURES = "ablation.cached_features"
+    CACHED_FEATURES = "ablation.cached_features"  # splits through features computed once
+    FEATURES_PER_EPOCH = "ablation.features_per_epoch"  # "true": augmented, computed per epoch
     THREADS = (
         "ablation.threads"  # the trial process's TensorFlow intra-/inter-op and tf.data threads
     )

@@ -211,6 +211,8 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
         cached = ",".join(result.cached_splits) or "none"
         self.client.set_tag(run_id, TagName.CACHED_FEATURES, cached)
+        if result.features_per_epoch:
+            self.client.set_tag(run_id, TagName.FEATURES_PER_EPOCH, "true")
         self._end_trial(run_id, TrialState.COMPLETE)
 
     def log_model(self, run_id: str, model: keras.Model, test_accuracy: float, step: int) -> str:

@@ -66,6 +66,7 @@ class TrainingResult:
     seconds: float  # all of train(): build, features, fit, test
     setup_seconds: float  # building the model and getting the cached features
     cached_splits: tuple[str, ...]  # the splits that went through cached backbone features
+    features_per_epoch: bool  # the training set's augmented features, computed per epoch
     network: Network
     fine_tune_from: int | None = None  # 0-based: the first epoch of the fine-tuning phase
     test_predictions: np.ndarray | None = None  # the kept model's class for each test image
@@ -139,6 +140,7 @@ def train(
         seconds=time.perf_counter() - started,
         setup_seconds=setup_seconds,
         cached_splits=plan.splits,
+        features_per_epoch=plan.train_per_epoch,
         network=network,
         fine_tune_from=fine_tune_from,
         test_predictions=predictions,
