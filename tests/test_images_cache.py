@@ -230,7 +230,9 @@ def test_a_process_reading_the_cache_holds_no_private_copy(tmp_path: Path) -> No
     private pages are not counted: they are the page cache's, and the libraries' ones
     turn shared and private as other processes on the machine come and go."""
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (1200, 160, 160, 3), dtype=np.uint8)  # 92 MB
+    # 92 MB in many small images: the pipeline's own buffers (a few float32 batches, as
+    # many as tf.data's autotuning keeps on this machine) stay far below a copy's size.
+    x = rng.integers(0, 256, (30000, 32, 32, 3), dtype=np.uint8)
     y = np.arange(len(x), dtype=np.int32) % 2
     write_images(Images(["a", "b"], x, y, x[:8], y[:8], x[:8], y[:8], "f", "s"), tmp_path / "c")
     del x
