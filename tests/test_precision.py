@@ -17,13 +17,12 @@ import pytest
 from ablation import load_sweep, run_sweep
 from ablation.config import PretrainedWeights, Sweep, Train
 from ablation.factors import Configuration
+from ablation.machine import machine_identity, machine_key
 from ablation.precision import (
     CACHE_FILE,
     Shape,
     Timings,
     dtype_policy,
-    machine_identity,
-    machine_key,
     measure_in_process,
     pick,
     resolve_auto,

@@ -29,9 +29,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -40,20 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from ablation.config import Precision, PretrainedWeights, Sweep
-from ablation.errors import first_line
 from ablation.factors import BackboneName, Configuration
-from ablation.machine import (
-    add_shapes,
-    in_spawned_process,
-    locked,
-    machine_identity,
-    machine_key,
-    read_machines,
-)
+from ablation.machine import decide_once, in_spawned_process, machine_identity
 from ablation.models import build_model
 from ablation.precision import dtype_policy
-
-log = logging.getLogger(__name__)
 
 CANDIDATES = (8, 32, 128)
 """Images per pass timed: small enough for a CPU's caches, large enough for a GPU."""
@@ -131,7 +119,16 @@ def resolve_auto(
     machine = machine_identity(threads)
     cache = Path(sweep.data.cache_dir) / CACHE_FILE if sweep.data.cache_dir else None
     measure = measure or functools.partial(measure_in_process, threads=threads)
-    decided = _decide(list(shapes.values()), sweep.model, machine, cache, measure)
+    decided = decide_once(
+        "feature_batch_size: auto",
+        list(shapes.values()),
+        machine,
+        cache,
+        measure=lambda missing: measure(missing, sweep.model),
+        decide=_decision,
+        fallback={"batch_size": CANDIDATES[1]},
+        valid=_valid,
+    )
     sizes = {backbone: decided[shape.key]["batch_size"] for backbone, shape in shapes.items()}
     train = sweep.train.model_copy(update={"feature_batch_size": sizes})
     record = {
@@ -141,41 +138,11 @@ def resolve_auto(
     return sweep.model_copy(update={"train": train}), record
 
 
-def _decide(
-    shapes: list[BackboneShape],
-    weights: PretrainedWeights,
-    machine: dict[str, Any],
-    cache: Path | None,
-    measure: Measure,
-) -> dict[str, dict[str, Any]]:
-    """Each shape's batch size and timings, from the cache or measured (and then cached)."""
-    key = machine_key(machine)
-    with locked(cache) if cache else contextlib.nullcontext():
-        known = read_machines(cache, _valid).get(key, {}).get("shapes", {}) if cache else {}
-        decided = {s.key: {**known[s.key], "cached": True} for s in shapes if s.key in known}
-        missing = [shape for shape in shapes if shape.key not in known]
-        if not missing:
-            return decided
-        log.info(
-            "feature_batch_size: auto: timing %s on this machine, once (kept in %s)",
-            "; ".join(s.key for s in missing),
-            cache or "no cache folder",
-        )
-        try:
-            measured = measure(missing, weights)
-        except Exception as exc:  # a crashed or failing timing must not stop the study
-            log.warning("feature_batch_size: auto: the timing failed (%s)", first_line(exc))
-            return {**decided, **{s.key: {"batch_size": CANDIDATES[1]} for s in missing}}
-        fresh = {
-            shape.key: {
-                "batch_size": pick_batch(timings),
-                "seconds_per_image": {str(n): float(f"{t:.4g}") for n, t in timings.items()},
-            }
-            for shape, timings in zip(missing, measured, strict=True)
-        }
-        if cache is not None:
-            add_shapes(cache, key, machine, fresh, _valid)
-    return {**decided, **{k: {**v, "cached": False} for k, v in fresh.items()}}
+def _decision(timings: SecondsPerImage) -> dict[str, Any]:
+    return {
+        "batch_size": pick_batch(timings),
+        "seconds_per_image": {str(n): float(f"{t:.4g}") for n, t in timings.items()},
+    }
 
 
 def _valid(entry: dict[str, Any]) -> bool:

@@ -27,11 +27,11 @@ import logging
 import multiprocessing
 import os
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ablation.cores import available_cores, use_threads
 from ablation.errors import first_line
@@ -39,6 +39,14 @@ from ablation.errors import first_line
 log = logging.getLogger(__name__)
 
 _CACHE_FORMAT = 1  # a cache file of another format is ignored (timed again)
+
+
+class _Keyed(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Keyed)
 
 
 def machine_identity(threads: int | None = None) -> dict[str, Any]:
@@ -135,3 +143,44 @@ def add_shapes(
     partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     partial.write_text(json.dumps({"format": _CACHE_FORMAT, "machines": machines}, indent=1))
     partial.replace(path)
+
+
+def decide_once(
+    setting: str,
+    shapes: Sequence[S],
+    machine: dict[str, Any],
+    cache: Path | None,
+    *,
+    measure: Callable[[list[S]], Sequence[Any]],
+    decide: Callable[[Any], dict[str, Any]],
+    fallback: dict[str, Any],
+    valid: Callable[[dict[str, Any]], bool],
+) -> dict[str, dict[str, Any]]:
+    """Each shape's decision (by its key, with ``"cached"``): from ``cache``, or ``measure``d
+    for the shapes it lacks and ``decide``d from their timings, then added to it.
+
+    One timing at a time per cache file (none doubled, none slowed by another); a timing
+    that fails gives the missing shapes ``fallback``, not cached.
+    """
+    key = machine_key(machine)
+    with locked(cache) if cache else contextlib.nullcontext():
+        known = read_machines(cache, valid).get(key, {}).get("shapes", {}) if cache else {}
+        decided = {s.key: {**known[s.key], "cached": True} for s in shapes if s.key in known}
+        missing = [shape for shape in shapes if shape.key not in known]
+        if not missing:
+            return decided
+        log.info(
+            "%s: timing %s on this machine, once (kept in %s)",
+            setting,
+            "; ".join(s.key for s in missing),
+            cache or "no cache folder",
+        )
+        try:
+            measured = measure(missing)
+        except Exception as exc:  # a crashed or failing timing must not stop the study
+            log.warning("%s: the timing failed (%s); %s", setting, first_line(exc), fallback)
+            return {**decided, **{s.key: {**fallback, "cached": False} for s in missing}}
+        fresh = {s.key: decide(t) for s, t in zip(missing, measured, strict=True)}
+        if cache is not None:
+            add_shapes(cache, key, machine, fresh, valid)
+    return {**decided, **{k: {**v, "cached": False} for k, v in fresh.items()}}

@@ -29,9 +29,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -40,19 +38,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from ablation.config import Precision, PretrainedWeights, Sweep, Train
-from ablation.errors import first_line
 from ablation.factors import BackboneName, Configuration, is_one_of
-from ablation.machine import (
-    add_shapes,
-    in_spawned_process,
-    locked,
-    machine_identity,
-    machine_key,
-    read_machines,
-)
+from ablation.machine import decide_once, in_spawned_process, machine_identity
 from ablation.models import build_model, compile_model
-
-log = logging.getLogger(__name__)
 
 MARGIN = 0.10
 """A policy other than float32 is picked only if its step takes at least 10% less time:
@@ -156,7 +144,16 @@ def resolve_auto(
     machine = machine_identity(threads)
     cache = Path(sweep.data.cache_dir) / CACHE_FILE if sweep.data.cache_dir else None
     measure = measure or functools.partial(measure_in_process, threads=threads)
-    decided = _decide(list(shapes.values()), sweep.model, machine, cache, measure)
+    decided = decide_once(
+        "precision: auto",
+        list(shapes.values()),
+        machine,
+        cache,
+        measure=lambda missing: measure(missing, sweep.model),
+        decide=_decision,
+        fallback={"policy": "float32"},
+        valid=_valid,
+    )
     policies = {backbone: decided[shape.key]["policy"] for backbone, shape in shapes.items()}
     train = sweep.train.model_copy(update={"precision": policies})
     record = {
@@ -167,42 +164,11 @@ def resolve_auto(
     return sweep.model_copy(update={"train": train}), record
 
 
-def _decide(
-    shapes: list[Shape],
-    weights: PretrainedWeights,
-    machine: dict[str, Any],
-    cache: Path | None,
-    measure: Measure,
-) -> dict[str, dict[str, Any]]:
-    """Each shape's policy and timings, from the cache or measured (and then cached)."""
-    key = machine_key(machine)
-    # One timing at a time per cache folder: none doubled, none slowed by another.
-    with locked(cache) if cache else contextlib.nullcontext():
-        known = read_machines(cache, _valid).get(key, {}).get("shapes", {}) if cache else {}
-        decided = {s.key: {**known[s.key], "cached": True} for s in shapes if s.key in known}
-        missing = [shape for shape in shapes if shape.key not in known]
-        if not missing:
-            return decided
-        log.info(
-            "precision: auto: timing %s on this machine, once (kept in %s)",
-            "; ".join(s.key for s in missing),
-            cache or "no cache folder",
-        )
-        try:
-            measured = measure(missing, weights)
-        except Exception as exc:  # a crashed or failing timing must not stop the study
-            log.warning("precision: auto: the timing failed (%s); float32", first_line(exc))
-            return {**decided, **{s.key: {"policy": "float32", "cached": False} for s in missing}}
-        fresh = {
-            shape.key: {
-                "policy": pick(timings),
-                "seconds_per_step": {p: float(f"{t:.4g}") for p, t in timings.items()},
-            }
-            for shape, timings in zip(missing, measured, strict=True)
-        }
-        if cache is not None:
-            add_shapes(cache, key, machine, fresh, _valid)
-    return {**decided, **{k: {**v, "cached": False} for k, v in fresh.items()}}
+def _decision(timings: Timings) -> dict[str, Any]:
+    return {
+        "policy": pick(timings),
+        "seconds_per_step": {p: float(f"{t:.4g}") for p, t in timings.items()},
+    }
 
 
 def _valid(entry: dict[str, Any]) -> bool:
