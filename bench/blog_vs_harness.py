@@ -51,7 +51,7 @@ def limited_copy(data: Path, limit: int | None, into: Path) -> Path:
     """The data itself, or a folder of links to the first ``limit`` images per class."""
     if limit is None:
         return data
-    from ablation.data import list_images
+    from ablation.data.folders import list_images
 
     listing = list_images(data, limit)
     for split, files in listing.files.items():
@@ -143,7 +143,8 @@ def blog_recipe(data: Path, epochs: int, seed: int) -> tuple[dict[str, tuple[flo
 def on_harness_test_split(models: dict, sweep_overrides: list[str]) -> dict[str, float]:
     """The recipe's trained models on the harness's test split (same images, same order)."""
     from ablation import load_sweep
-    from ablation.data import eval_dataset, load_images
+    from ablation.data.images import load_images
+    from ablation.data.pipeline import eval_dataset
 
     sweep = load_sweep(BLOG_SWEEP, sweep_overrides)
     images = load_images(sweep.data)
@@ -205,7 +206,8 @@ def time_machine(
 ) -> list[Path]:
     """Time ``precision: auto`` and ``feature_batch_size: auto`` once for this machine (as
     the first study on it does); the cache files that leaves, to copy into a study's cache."""
-    from ablation import feature_batch, load_sweep, precision
+    from ablation import load_sweep
+    from ablation.autotune import feature_batch, precision
 
     sweep = load_sweep(BLOG_SWEEP, [*harness_overrides(data, epochs, workdir), *overrides])
     started = time.perf_counter()

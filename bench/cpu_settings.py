@@ -52,8 +52,8 @@ def one_run(config: dict, images: int, epochs: int) -> list[float]:
         tf.config.experimental.enable_op_determinism()
     import keras
 
-    from ablation.factors import Configuration
-    from ablation.models import build_model
+    from ablation.model.builders import build_model
+    from ablation.sweep.factors import Configuration
 
     keras.utils.set_random_seed(0)
     model = build_model(

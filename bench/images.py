@@ -121,8 +121,8 @@ def decode_child(source: str, size: int, cache_dir: str, results: Any) -> None:
     """Import TensorFlow, then ``load_images`` into ``cache_dir``; report to ``results``."""
     import tensorflow as tf  # noqa: F401  (imported first: the baseline includes it)
 
-    from ablation.config import Data
-    from ablation.data import load_images
+    from ablation.data.images import load_images
+    from ablation.sweep.config import Data
 
     baseline = memory_mib()
     started = time.monotonic()
@@ -141,8 +141,8 @@ def worker_child(
     import numpy as np
     import tensorflow as tf  # noqa: F401
 
-    from ablation.data import read_images
-    from ablation.pipeline import train_dataset
+    from ablation.data.images import read_images
+    from ablation.data.pipeline import train_dataset
 
     ready.put(memory_mib())  # the baseline
     started = time.monotonic()
@@ -168,11 +168,15 @@ def decode(source: Path, size: int, cache_dir: Path) -> tuple[Path, float]:
     process.join()
     sampled = sampler.finish()
     on_disk = sum(p.stat().st_blocks * 512 for p in Path(folder).iterdir()) / 2**20
-    print(f"(b) decode: {count} images in {wall:.1f} s = {count / wall:.0f} images/s; "
-          f"cache {on_disk:.0f} MB on disk ({Path(folder).name}); x_train {data_mib:.0f} MiB")
-    print(f"    decoding process: after importing TensorFlow Rss {baseline['rss']:.0f} MiB, "
-          f"Anonymous {baseline['anon']:.0f}; peak Rss {peak_rss:.0f} MiB (getrusage), "
-          f"sampled peak Rss {sampled.get('rss', 0):.0f}, Anonymous {sampled.get('anon', 0):.0f}")
+    print(
+        f"(b) decode: {count} images in {wall:.1f} s = {count / wall:.0f} images/s; "
+        f"cache {on_disk:.0f} MB on disk ({Path(folder).name}); x_train {data_mib:.0f} MiB"
+    )
+    print(
+        f"    decoding process: after importing TensorFlow Rss {baseline['rss']:.0f} MiB, "
+        f"Anonymous {baseline['anon']:.0f}; peak Rss {peak_rss:.0f} MiB (getrusage), "
+        f"sampled peak Rss {sampled.get('rss', 0):.0f}, Anonymous {sampled.get('anon', 0):.0f}"
+    )
     return Path(folder), data_mib
 
 
@@ -195,15 +199,19 @@ def workers(folder: Path, n: int, copy: bool, data_mib: float) -> None:
     peaks = [sampler.finish() for sampler in samplers]
     label = " each with a private copy" if copy else ""
     base = max(baselines, key=lambda b: b["anon"])  # the workers start alike
-    print(f"(c) {n} worker(s){label}; data (x_train) {data_mib:.0f} MiB; each worker's "
-          f"baseline after importing TensorFlow: Rss {base['rss']:.0f} MiB, USS "
-          f"{base['uss']:.0f}, Anonymous {base['anon']:.0f}")
+    print(
+        f"(c) {n} worker(s){label}; data (x_train) {data_mib:.0f} MiB; each worker's "
+        f"baseline after importing TensorFlow: Rss {base['rss']:.0f} MiB, USS "
+        f"{base['uss']:.0f}, Anonymous {base['anon']:.0f}"
+    )
     for (seed, wall, batches, end), peak in zip(done, peaks, strict=True):
-        print(f"    worker {seed}: epoch {wall:.1f} s ({batches} batches); "
-              f"peak Rss {peak['rss']:.0f} MiB, Pss {peak['pss']:.0f}, USS {peak['uss']:.0f}, "
-              f"Anonymous {peak['anon']:.0f} (+{peak['anon'] - base['anon']:.0f}); "
-              f"at the end, all {n} there: Rss {end['rss']:.0f}, Pss {end['pss']:.0f}, "
-              f"USS {end['uss']:.0f}, Anonymous {end['anon']:.0f}")
+        print(
+            f"    worker {seed}: epoch {wall:.1f} s ({batches} batches); "
+            f"peak Rss {peak['rss']:.0f} MiB, Pss {peak['pss']:.0f}, USS {peak['uss']:.0f}, "
+            f"Anonymous {peak['anon']:.0f} (+{peak['anon'] - base['anon']:.0f}); "
+            f"at the end, all {n} there: Rss {end['rss']:.0f}, Pss {end['pss']:.0f}, "
+            f"USS {end['uss']:.0f}, Anonymous {end['anon']:.0f}"
+        )
 
 
 def main() -> None:
@@ -221,8 +229,10 @@ def main() -> None:
         folder = args.keep or tmp / "cats_and_dogs_x"
         if not folder.exists():
             written, seconds = build_folder(args.data.resolve(), folder, args.scale, args.limit)
-            print(f"(a) built {written} photos ({args.scale} variants each) in {seconds:.0f} s "
-                  f"in {folder}")
+            print(
+                f"(a) built {written} photos ({args.scale} variants each) in {seconds:.0f} s "
+                f"in {folder}"
+            )
         cache, data_mib = decode(folder, args.size, tmp / "cache")
         for n in args.workers:
             workers(cache, n, copy=False, data_mib=data_mib)

@@ -5,7 +5,7 @@ alpha given), in a fresh SQLite store, per trial:
 
 (a) today's artifact: ``model.save("model.keras")`` + ``log_artifact``;
 (b) the LoggedModel as ``ablation`` logs it (Keras flavour, signature, explicit
-    pip requirements): :func:`ablation.lineage.log_keras_model`;
+    pip requirements): :func:`ablation.tracking.mlflow_objects.log_keras_model`;
 (c) the same with MLflow inferring the requirements (``pip_requirements=None``),
     to show what the explicit list saves.
 
@@ -42,10 +42,10 @@ def main() -> None:
     from mlflow.models import Model
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    from ablation.config import PretrainedWeights
-    from ablation.factors import Configuration
-    from ablation.lineage import log_keras_model, model_signature
-    from ablation.models import build_model, inference_copy
+    from ablation.model.builders import build_model, inference_copy
+    from ablation.sweep.config import PretrainedWeights
+    from ablation.sweep.factors import Configuration
+    from ablation.tracking.mlflow_objects import log_keras_model, model_signature
 
     store = Path(tempfile.mkdtemp(prefix="bench-logged-model-"))
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ablation import TrialOutcome, load_sweep, run_sweep
-from ablation.workers import SilentReporter
+from ablation.study.workers import SilentReporter
 
 SWEEP = """
 study: {{name: memory, sampler: grid, seeds: {seeds}, isolation: {isolation}}}

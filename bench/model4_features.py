@@ -37,8 +37,8 @@ SMALL = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
 def backbone_overrides(size: int) -> list[str]:
     """MobileNetV2 alpha 1.0 (ImageNet) if its weights are cached for ``size``, else 0.35."""
-    from ablation.config import PretrainedWeights
-    from ablation.models import imagenet_weights_file
+    from ablation.model.builders import imagenet_weights_file
+    from ablation.sweep.config import PretrainedWeights
 
     models = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
     if (models / imagenet_weights_file((size, size), PretrainedWeights())).is_file():
@@ -50,10 +50,10 @@ def backbone_overrides(size: int) -> list[str]:
 
 def timed_trial(overrides: list[str], seed: int) -> dict:
     """One model4 trial; its per-epoch seconds, setup seconds and result."""
-    from ablation.config import load_sweep
-    from ablation.data import load_images
-    from ablation.factors import Configuration
-    from ablation.training import train
+    from ablation.data.images import load_images
+    from ablation.model.training import train
+    from ablation.sweep.config import load_sweep
+    from ablation.sweep.factors import Configuration
 
     sweep = load_sweep(REPO / "sweeps" / "blog.yaml", overrides)
     images = load_images(sweep.data)

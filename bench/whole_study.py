@@ -119,7 +119,7 @@ def configurations(overrides: list[str]) -> list[dict]:
     """The configurations of sweeps/blog.yaml (twelve; fewer with ``overrides`` of its
     space), as the harness plans them."""
     from ablation import load_sweep
-    from ablation.plan import grid_points
+    from ablation.study.plan import grid_points
 
     sweep = load_sweep(BLOG_SWEEP, [*overrides, "study.seeds=[0]"])
     configs = []
@@ -229,7 +229,7 @@ def main() -> None:
         print(f"(a) the harness, seeds {args.seeds}, {args.workers} worker(s):", flush=True)
         study_dir = workdir / "study"
         (study_dir / "cache").mkdir(parents=True)
-        from ablation.cores import share_of_cores
+        from ablation.autotune.cores import share_of_cores
 
         threads = share_of_cores(args.workers)
         machine = workdir / "machine"

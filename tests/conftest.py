@@ -68,7 +68,7 @@ def write_sweep(path: Path, text: str) -> Path:
 def frozen_sweep(data: Path, cache_dir: Path, *overrides: str):  # type: ignore[no-untyped-def]
     """``sweeps/blog.yaml`` on ``data`` with the small MobileNetV2 weights (alpha 0.35),
     every epoch trained (no early stopping); ``overrides`` come last."""
-    from ablation.config import load_sweep
+    from ablation.sweep.config import load_sweep
 
     return load_sweep(
         REPO / "sweeps" / "blog.yaml",
@@ -87,7 +87,7 @@ def load_study(workdir: Path, name: str):  # type: ignore[no-untyped-def]
     """A study from the default storage of a run made in ``workdir`` (read only)."""
     import optuna
 
-    from ablation.storage import open_storage
+    from ablation.study.storage import open_storage
 
     storage = open_storage(str(workdir / "mlruns" / "optuna.journal"))
     return optuna.load_study(study_name=name, storage=storage)
@@ -134,7 +134,9 @@ def fresh_databases(*prefixes: str) -> Iterator[list[str]]:
     finally:
         with engine.connect() as connection:
             for name in names:
-                connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                connection.execute(
+                    sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                )
         engine.dispose()
 
 

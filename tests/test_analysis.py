@@ -5,8 +5,8 @@ import math
 import pytest
 from scipy import stats
 
-from ablation.analysis import ablation_table, configuration_table, state_counts
-from ablation.records import TrialRecord, TrialState
+from ablation.results.analysis import ablation_table, configuration_table, state_counts
+from ablation.tracking.records import TrialRecord, TrialState
 
 LEVELS = {"augment": [False, True], "rotation": [0.1, 0.2], "backbone": ["cnn", "mobilenet_v2"]}
 DEPENDENTS = {"augment": {"rotation"}, "rotation": set(), "backbone": set()}

@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
 from ablation.best import best_record
-from ablation.data import load_images
-from ablation.records import TrialRecord, TrialState
-from ablation.tracking import read_study
+from ablation.data.images import load_images
+from ablation.tracking.records import TrialRecord, TrialState
+from ablation.tracking.tracker import read_study
 from conftest import SMALL_WEIGHTS, run_module
 
 SWEEP = f"""
@@ -197,7 +197,9 @@ def test_mlflow_alone_has_each_trials_model_and_data_and_the_registered_winner(
         model = client.get_logged_model(output.model_id)
         assert model.source_run_id == run.info.run_id and model.status == "READY"
         assert model.experiment_id == experiment.experiment_id
-        assert model.params["seed"] == "0" and model.params["backbone"] == run.data.params["backbone"]
+        assert (
+            model.params["seed"] == "0" and model.params["backbone"] == run.data.params["backbone"]
+        )
         assert model.tags["ablation.configuration"] == run.info.run_name
         assert json.loads(model.tags["ablation.class_names"]) == ["cats", "dogs"]
         on_model = {m.key: m.value for m in model.metrics}

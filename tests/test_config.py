@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import load_sweep
 from ablation.errors import UserError
-from ablation.factors import Configuration
+from ablation.sweep.config import load_sweep
+from ablation.sweep.factors import Configuration
 
 REPO = Path(__file__).resolve().parents[1]
 BLOG = REPO / "sweeps" / "blog.yaml"
@@ -197,7 +197,7 @@ def test_missing_required_sections(tmp_path: Path) -> None:
 
 
 def test_when_cycle_is_refused(tmp_path: Path) -> None:
-    from ablation.space import grid
+    from ablation.sweep.space import grid
 
     text = MINIMAL.replace(
         "  backbone: {choice: [cnn]}",

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from ablation import load_sweep, run_sweep
-from ablation.storage import open_storage
+from ablation.study.storage import open_storage
 from conftest import load_study
 
 pytestmark = pytest.mark.slow  # a study and a server
@@ -119,8 +119,9 @@ def test_the_dashboard_opens_the_default_journal_file(tmp_path: Path, small_data
 def test_the_dashboard_opens_a_postgresql_storage(database: str) -> None:
     # The storage as the harness makes it (its tables, its heartbeat), with a finished,
     # a pruned and a failed trial: no training needed to read them back.
-    study = optuna.create_study(study_name="dash-pg", storage=open_storage(database),
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name="dash-pg", storage=open_storage(database), direction="maximize"
+    )
     for value, state in ((0.75, "COMPLETE"), (None, "PRUNED"), (None, "FAIL")):
         trial = study.ask({"augment": optuna.distributions.CategoricalDistribution([False, True])})
         study.tell(trial, value, state=optuna.trial.TrialState[state])

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.config import Data
-from ablation.data import list_images, load_images, resolve_source, split_validation
+from ablation.data.folders import list_images, resolve_source, split_validation
+from ablation.data.images import load_images
 from ablation.errors import UserError
+from ablation.sweep.config import Data
 from conftest import copy_images
 
 

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import PretrainedWeights, Sweep
-from ablation.factors import Configuration
-from ablation.feature_batch import (
+from ablation.autotune.feature_batch import (
     CACHE_FILE,
     CANDIDATES,
     BackboneShape,
     SecondsPerImage,
     computed_shapes,
-    feature_batch_size,
     measure_in_process,
     resolve_auto,
 )
+from ablation.sweep.config import PretrainedWeights, Sweep
+from ablation.sweep.factors import Configuration
 from conftest import CATS_AND_DOGS, SMALL_WEIGHTS, frozen_sweep
 
 MOBILENET = Configuration(backbone="mobilenet_v2")
@@ -55,7 +54,7 @@ def test_the_fastest_size_is_used_for_the_pretrained_backbone(tmp_path: Path, be
     fake = FakeTiming(best)
     resolved, record = resolve_auto(blog(tmp_path), measure=fake)
     assert resolved.train.feature_batch_size == {"mobilenet_v2": best}
-    assert feature_batch_size(resolved, MOBILENET) == best
+    assert resolved.feature_batch_size(MOBILENET) == best
     assert fake.timed == [["mobilenet_v2 160x160 alpha 0.35 float32"]]  # not the CNN
     entry = record["backbones"]["mobilenet_v2"]
     assert entry["batch_size"] == best and not entry["cached"]
@@ -67,7 +66,7 @@ def test_a_second_study_reads_the_cache_and_another_shape_is_timed(tmp_path: Pat
     resolve_auto(blog(tmp_path), measure=fake)
     again, record = resolve_auto(blog(tmp_path), measure=fake)
     assert len(fake.timed) == 1 and record["backbones"]["mobilenet_v2"]["cached"]
-    assert feature_batch_size(again, MOBILENET) == 8
+    assert again.feature_batch_size(MOBILENET) == 8
     resolve_auto(blog(tmp_path, "data.image_size=[96, 96]"), measure=fake)
     assert fake.timed[1] == ["mobilenet_v2 96x96 alpha 0.35 float32"]
     [entry] = json.loads((tmp_path / CACHE_FILE).read_text())["machines"].values()
@@ -94,11 +93,11 @@ def test_nothing_is_timed_where_nothing_is_auto(tmp_path: Path, override: str) -
     assert resolve_auto(sweep, measure=fake) == (sweep, {})
     assert fake.timed == [] and not (tmp_path / CACHE_FILE).exists()
     if "16" in override:
-        assert feature_batch_size(sweep, MOBILENET) == 16
+        assert sweep.feature_batch_size(MOBILENET) == 16
 
 
 def test_unresolved_auto_is_the_training_batch_size(tmp_path: Path) -> None:
-    assert feature_batch_size(blog(tmp_path, "data.batch_size=24"), MOBILENET) == 24
+    assert blog(tmp_path, "data.batch_size=24").feature_batch_size(MOBILENET) == 24
 
 
 def test_a_failed_timing_uses_a_middle_size_uncached(tmp_path: Path) -> None:
@@ -106,7 +105,7 @@ def test_a_failed_timing_uses_a_middle_size_uncached(tmp_path: Path) -> None:
         raise RuntimeError("the timing's process died")
 
     resolved, _ = resolve_auto(blog(tmp_path), measure=broken)
-    assert feature_batch_size(resolved, MOBILENET) == CANDIDATES[1]
+    assert resolved.feature_batch_size(MOBILENET) == CANDIDATES[1]
     assert not (tmp_path / CACHE_FILE).exists()
 
 
@@ -115,7 +114,7 @@ def test_a_bad_cache_is_timed_again(tmp_path: Path, content: str) -> None:
     (tmp_path / CACHE_FILE).write_text(content)
     fake = FakeTiming(32)
     resolved, _ = resolve_auto(blog(tmp_path), measure=fake)
-    assert len(fake.timed) == 1 and feature_batch_size(resolved, MOBILENET) == 32
+    assert len(fake.timed) == 1 and resolved.feature_batch_size(MOBILENET) == 32
 
 
 def test_an_unknown_backbone_or_a_bad_size_is_refused(tmp_path: Path) -> None:

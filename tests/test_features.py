@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation import features
-from ablation.config import Sweep, Train
-from ablation.data import load_images, train_dataset
-from ablation.factors import Configuration
-from ablation.features import (
+from ablation.data.images import load_images
+from ablation.data.pipeline import train_dataset
+from ablation.model import features
+from ablation.model.builders import build_model
+from ablation.model.features import (
     augmented_features,
     epoch_orders,
     epoch_training,
@@ -23,8 +23,9 @@ from ablation.features import (
     load_features,
     plan_features,
 )
-from ablation.models import build_model
-from ablation.training import train
+from ablation.model.training import train
+from ablation.sweep.config import Sweep, Train
+from ablation.sweep.factors import Configuration
 from conftest import SMALL_WEIGHTS, copy_images, frozen_sweep
 
 FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")

@@ -13,9 +13,10 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
-from ablation.data import decode, list_images, load_images
-from ablation.figures import FIGURES
-from ablation.records import class_metric
+from ablation.data.folders import list_images
+from ablation.data.images import decode, load_images
+from ablation.results.figures import FIGURES
+from ablation.tracking.records import class_metric
 from conftest import SHARED, SMALL_WEIGHTS, run_module
 
 pytestmark = pytest.mark.slow  # a really trained study

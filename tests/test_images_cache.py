@@ -10,22 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation import arrays, data
-from ablation.arrays import building
-from ablation.config import Data, load_sweep
-from ablation.data import (
-    LAYOUTS,
-    Images,
-    decode,
-    list_images,
-    load_images,
-    read_images,
-    split_classes,
-    split_validation,
-    write_images,
-)
-from ablation.pipeline import train_dataset
-from ablation.study import _images_file
+from ablation.data import arrays
+from ablation.data import images as data
+from ablation.data.arrays import building
+from ablation.data.folders import LAYOUTS, list_images, split_classes, split_validation
+from ablation.data.images import Images, decode, load_images, read_images, write_images
+from ablation.data.pipeline import train_dataset
+from ablation.study.runner import _images_file
+from ablation.sweep.config import Data, load_sweep
 from conftest import REPO, SHARED, copy_images
 
 FLOWERS = SHARED / "data" / "flowers"
@@ -48,7 +40,9 @@ def expected_splits(root: Path, config: Data) -> dict[str, np.ndarray]:
         parts = {"train": folders["train"], "val": (x[val], y[val]), "test": (x[test], y[test])}
     else:
         x, y = folders[""]
-        split = split_classes(y, config.validation_fraction, config.test_fraction, config.split_seed)
+        split = split_classes(
+            y, config.validation_fraction, config.test_fraction, config.split_seed
+        )
         parts = {name: (x[i], y[i]) for name, i in zip(data.SPLITS, split, strict=True)}
     return {f"{a}_{name}": part[k] for name, part in parts.items() for k, a in enumerate("xy")}
 

@@ -1,67 +1,98 @@
 """The shape of the package, read from its source: layering, one home per vocabulary, sizes.
 
-The data flow is the module layout, and these checks keep it so: imports only go
-down the layers below (no circle), every first-party import is at the top of its
-module, the MLflow client stays in the tracking layer, the trial states are
-spelled once, and functions stay short enough to read.
+The data flow is the folder structure, and these checks keep it so: imports only go
+down the layers below (no circle), the study side never imports the report side,
+every first-party import is at the top of its module, nothing but the package's own
+``__init__`` re-exports another module's names, the MLflow client stays in the
+tracker, the trial states are spelled once, functions stay short enough to read, and
+the README's architecture table is this file's list of layers.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ablation"
-MODULES = {path.stem: ast.parse(path.read_text()) for path in sorted(PACKAGE.glob("*.py"))}
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "src" / "ablation"
 
-# Bottom to top: a module may import only modules on an earlier line.
+
+def _name(path: Path) -> str:
+    """``sweep.config`` for ``src/ablation/sweep/config.py``; ``sweep`` for its ``__init__``;
+    ``__init__`` for the package's own."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_name(path): ast.parse(path.read_text()) for path in sorted(PACKAGE.rglob("*.py"))}
+SUBPACKAGES = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
+
+# Bottom to top: a module may import only modules on an earlier line. The README's
+# architecture table lists the same lines (test_the_readme_shows_these_layers).
 LAYERS = [
     ["redaction"],
-    ["errors"],
-    ["factors"],
-    ["config", "records"],
-    ["space", "analysis", "cli", "layout", "cores"],
-    ["arrays", "pipeline", "machine"],
-    ["data", "plots"],
-    ["models"],
-    ["precision"],
-    ["features", "plan", "feature_batch"],
-    ["training"],
-    ["lineage"],
-    ["tracking", "storage"],
-    ["trial", "importance", "figures"],
-    ["isolation", "tables"],
-    ["workers"],
-    ["study", "report"],
-    ["run", "best", "ui"],
+    ["errors", "files"],
+    ["sweep.factors", "sweep.stores"],
+    ["sweep.config"],
+    ["sweep.space"],
+    ["data.folders", "data.arrays", "data.pipeline"],
+    ["data.images"],
+    ["model.builders"],
+    ["model.features"],
+    ["model.training"],
+    ["autotune.cores"],
+    ["autotune.timings"],
+    ["autotune.precision", "autotune.feature_batch"],
+    ["tracking.records", "tracking.confusion"],
+    ["tracking.mlflow_objects", "tracking.figures"],
+    ["tracking.tracker"],
+    ["study.storage", "study.plan"],
+    ["study.trial"],
+    ["study.process"],
+    ["study.workers"],
+    ["study.runner"],
+    ["results.analysis", "results.importance"],
+    ["results.tables", "results.figures"],
+    ["results.report"],
+    ["cli"],
+    ["run", "report", "best", "ui"],
     ["__init__"],
 ]
+STUDY_SIDE = ("sweep", "data", "model", "autotune", "tracking", "study")
+REPORT_SIDE = ("results",)
 ENTRY_POINTS = {"main", "_main"}  # command lines: argument handling reads best in one place
 
 
-def first_party_imports(tree: ast.Module) -> list[tuple[str, ast.AST]]:
-    """(module, node) of every ``ablation`` import in a module, at any depth."""
-    found = []
+def first_party_imports(tree: ast.Module | ast.stmt) -> list[tuple[str, ast.AST]]:
+    """(module, node) of every ``ablation`` import in a tree, at any depth, each resolved
+    to a module of :data:`MODULES` (``from ablation.sweep import space``: ``sweep.space``)."""
+    found: list[tuple[str, ast.AST]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "ablation":
-                found += [(alias.name, node) for alias in node.names]
-            elif node.module.startswith("ablation."):
-                found.append((node.module.split(".")[1], node))
+            if node.module != "ablation" and not node.module.startswith("ablation."):
+                continue
+            base = node.module.removeprefix("ablation").removeprefix(".")
+            for alias in node.names:
+                inner = f"{base}.{alias.name}" if base else alias.name
+                found.append((inner if inner in MODULES else base or "__init__", node))
         elif isinstance(node, ast.Import):
             found += [
-                (alias.name.split(".")[1], node)
+                (alias.name.removeprefix("ablation."), node)
                 for alias in node.names
                 if alias.name.startswith("ablation.")
             ]
-    return [(name, node) for name, node in found if name in MODULES]
+    return found
 
 
 def test_every_module_has_a_layer() -> None:
     placed = [name for layer in LAYERS for name in layer]
-    assert sorted(placed) == sorted(MODULES)
+    assert sorted(placed) == sorted(set(MODULES) - set(SUBPACKAGES))
+    assert len(placed) == len(set(placed))
 
 
 def test_imports_only_go_down_the_layers() -> None:
@@ -69,10 +100,22 @@ def test_imports_only_go_down_the_layers() -> None:
     upward = [
         f"{module} imports {imported}"
         for module, tree in MODULES.items()
+        if module not in SUBPACKAGES and module != "__init__"
         for imported, _ in first_party_imports(tree)
-        if imported != module and level[imported] >= level[module] and module != "__init__"
+        if imported not in level or level[imported] >= level[module]
     ]
     assert upward == []
+
+
+def test_the_study_side_never_imports_the_report_side() -> None:
+    crossing = [
+        f"{module} imports {imported}"
+        for module, tree in MODULES.items()
+        if module.split(".")[0] in STUDY_SIDE
+        for imported, _ in first_party_imports(tree)
+        if imported.split(".")[0] in REPORT_SIDE
+    ]
+    assert crossing == []
 
 
 def test_no_first_party_import_inside_a_function() -> None:
@@ -85,11 +128,32 @@ def test_no_first_party_import_inside_a_function() -> None:
     assert inside == []
 
 
-def test_the_mlflow_client_stays_in_the_tracking_layer() -> None:
+def test_nothing_but_the_public_api_re_exports() -> None:
+    """A sub-package's ``__init__`` says what it holds and imports nothing; no module lists
+    another's names in ``__all__``. Each name has one import path (``ablation`` itself
+    re-exports the public API)."""
+    for name in SUBPACKAGES:
+        tree = MODULES[name]
+        assert ast.get_docstring(tree), f"{name}/__init__.py says what the sub-package is for"
+        assert [node for node in tree.body if not isinstance(node, ast.Expr)] == [], name
+    for module, tree in MODULES.items():
+        if module == "__init__":
+            continue
+        assigned = [
+            target.id
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        ]
+        assert "__all__" not in assigned, f"{module} re-exports through __all__"
+
+
+def test_the_mlflow_client_stays_in_the_tracker() -> None:
     outside = [
         f"{module}:{node.lineno}"
         for module, tree in MODULES.items()
-        if module != "tracking"
+        if module not in ("tracking.tracker", "tracking.mlflow_objects")
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and node.attr == "client"
     ]
@@ -104,7 +168,7 @@ def test_trial_states_are_spelled_only_in_their_enum(state: str) -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and node.value == state
     ]
-    assert [where.split(":")[0] for where in spelled] == ["records"]
+    assert [where.split(":")[0] for where in spelled] == ["tracking.records"]
 
 
 def test_functions_are_short_outside_the_command_lines() -> None:
@@ -121,8 +185,27 @@ def test_functions_are_short_outside_the_command_lines() -> None:
 
 def test_modules_are_small_enough_to_read_top_to_bottom() -> None:
     # Two modules tell one long story each: config.py is the sweep file's schema, section
-    # by section; tracking.py is the one owner of the MLflow client, every write and read.
-    sizes = {path.stem: len(path.read_text().splitlines()) for path in PACKAGE.glob("*.py")}
+    # by section; tracker.py is the one owner of the MLflow client, every write and read.
+    sizes = {_name(path): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
     long = {name: n for name, n in sizes.items() if n > 350}
-    assert {name: n for name, n in long.items() if name not in ("config", "tracking")} == {}
+    assert {n: s for n, s in long.items() if n not in ("sweep.config", "tracking.tracker")} == {}
     assert all(n <= 450 for n in long.values()), long
+
+
+def readme_layers() -> list[list[str]]:
+    """The modules of each row of the README's architecture table (bottom layer first):
+    the names in backticks outside brackets."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    layers = []
+    for row in rows:
+        modules = row.split("|")[2]
+        while re.search(r"\([^()]*\)", modules):  # what a module holds, in brackets
+            modules = re.sub(r"\([^()]*\)", "", modules)
+        layers.append(re.findall(r"`([\w.]+)`", modules))
+    return layers
+
+
+def test_the_readme_shows_these_layers() -> None:
+    assert readme_layers() == LAYERS

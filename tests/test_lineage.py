@@ -7,9 +7,9 @@ import json
 import numpy as np
 
 from ablation.best import parse_args
-from ablation.data import Images
-from ablation.lineage import dataset_inputs, model_signature, pip_requirements
+from ablation.data.images import Images
 from ablation.redaction import redact
+from ablation.tracking.mlflow_objects import dataset_inputs, model_signature, pip_requirements
 
 
 def images(per_split: dict[str, list[int]]) -> Images:
@@ -17,7 +17,9 @@ def images(per_split: dict[str, list[int]]) -> Images:
     for split, labels in per_split.items():
         arrays[f"x_{split}"] = np.zeros((len(labels), 8, 8, 3), "uint8")
         arrays[f"y_{split}"] = np.array(labels, "int32")
-    return Images(class_names=["cats", "dogs"], fingerprint="0123456789abcdef", source="-", **arrays)
+    return Images(
+        class_names=["cats", "dogs"], fingerprint="0123456789abcdef", source="-", **arrays
+    )
 
 
 def test_three_dataset_inputs_one_per_split_with_sizes_and_classes() -> None:
@@ -31,7 +33,9 @@ def test_three_dataset_inputs_one_per_split_with_sizes_and_classes() -> None:
         assert dataset.name == f"cats_and_dogs_filtered-{context}"
         assert dataset.digest == "0123456789abcdef"
         assert dataset.source_type == "http"
-        assert json.loads(dataset.source) == {"uri": "https://user:***@example.org/data/cats_and_dogs_filtered.zip"}
+        assert json.loads(dataset.source) == {
+            "uri": "https://user:***@example.org/data/cats_and_dogs_filtered.zip"
+        }
         assert "secret" not in dataset.source + dataset.profile + dataset.schema
     profiles = {c: json.loads(d.profile) for c, d in by_context.items()}
     assert profiles["training"] == {

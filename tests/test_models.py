@@ -6,17 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.config import Precision, PretrainedWeights, Train
 from ablation.errors import UserError
-from ablation.factors import Configuration
-from ablation.models import (
+from ablation.model.builders import (
     build_model,
     compile_model,
     unfreeze_top,
     weights_fingerprint,
 )
-from ablation.precision import dtype_policy
-from ablation.space import BLOG_MODELS, configuration
+from ablation.sweep.config import Precision, PretrainedWeights, Train
+from ablation.sweep.factors import Configuration
+from ablation.sweep.space import BLOG_MODELS, configuration
 from conftest import SMALL_WEIGHTS, WEIGHTS
 
 
@@ -186,12 +185,12 @@ CNN, MOBILENET = Configuration(backbone="cnn"), Configuration(backbone="mobilene
 
 
 def test_precision_one_policy_or_one_per_backbone() -> None:
-    assert dtype_policy(Train(), CNN) == "float32"
+    assert Train().dtype_policy(CNN) == "float32"
     one = Train(precision="mixed_bfloat16")
-    assert dtype_policy(one, CNN) == dtype_policy(one, MOBILENET) == "mixed_bfloat16"
+    assert one.dtype_policy(CNN) == one.dtype_policy(MOBILENET) == "mixed_bfloat16"
     per_backbone = Train(precision={"cnn": "mixed_bfloat16"})
-    assert dtype_policy(per_backbone, CNN) == "mixed_bfloat16"
-    assert dtype_policy(per_backbone, MOBILENET) == "float32"
+    assert per_backbone.dtype_policy(CNN) == "mixed_bfloat16"
+    assert per_backbone.dtype_policy(MOBILENET) == "float32"
 
 
 # Beyond the blog: each factor's effect on the built model.

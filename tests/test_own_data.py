@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.config import Data, load_sweep
-from ablation.data import load_images
+from ablation.data.folders import find_layout, list_images, split_classes
+from ablation.data.images import load_images
 from ablation.errors import UserError
-from ablation.layout import find_layout, list_images, split_classes
-from ablation.plan import data_line
+from ablation.study.plan import data_line
+from ablation.sweep.config import Data, load_sweep
 from conftest import REPO, SHARED, run_module
 
 FLOWERS = SHARED / "data" / "flowers"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.pipeline import eval_dataset, train_dataset
+from ablation.data.pipeline import eval_dataset, train_dataset
 
 
 def old_pipeline(x, y, batch_size: int, seed: int | None):  # type: ignore[no-untyped-def]

@@ -15,19 +15,18 @@ from pathlib import Path
 import pytest
 
 from ablation import load_sweep, run_sweep
-from ablation.config import PretrainedWeights, Sweep, Train
-from ablation.factors import Configuration
-from ablation.machine import machine_identity, machine_key
-from ablation.precision import (
+from ablation.autotune.precision import (
     CACHE_FILE,
     Shape,
     Timings,
-    dtype_policy,
     measure_in_process,
     pick,
     resolve_auto,
     timed_shapes,
 )
+from ablation.autotune.timings import machine_identity, machine_key
+from ablation.sweep.config import PretrainedWeights, Sweep, Train
+from ablation.sweep.factors import Configuration
 from conftest import CATS_AND_DOGS, SMALL_WEIGHTS, frozen_sweep
 
 
@@ -55,7 +54,7 @@ def test_bfloat16_not_clearly_faster_keeps_float32(tmp_path: Path) -> None:
     resolved, record = resolve_auto(blog(tmp_path), measure=fake)
     assert resolved.train.precision == {"cnn": "float32", "mobilenet_v2": "float32"}
     for backbone in ("cnn", "mobilenet_v2"):
-        assert dtype_policy(resolved.train, Configuration(backbone=backbone)) == "float32"
+        assert resolved.train.dtype_policy(Configuration(backbone=backbone)) == "float32"
     assert record["backbones"]["cnn"]["seconds_per_step"] == {
         "float32": 1.0,
         "mixed_bfloat16": 0.98,
@@ -68,7 +67,7 @@ def test_bfloat16_clearly_faster_is_picked_per_backbone(tmp_path: Path) -> None:
     sweep = blog(tmp_path)
     resolved, record = resolve_auto(sweep, measure=fake)
     assert resolved.train.precision == {"cnn": "mixed_bfloat16", "mobilenet_v2": "float32"}
-    assert dtype_policy(resolved.train, Configuration(backbone="cnn")) == "mixed_bfloat16"
+    assert resolved.train.dtype_policy(Configuration(backbone="cnn")) == "mixed_bfloat16"
     assert record["backbones"]["cnn"]["policy"] == "mixed_bfloat16"
     assert sweep.train.precision == "auto"  # the sweep as written is left as it was
     assert resolved.model_dump(exclude={"train"}) == sweep.model_dump(exclude={"train"})
@@ -192,7 +191,7 @@ def test_an_explicit_precision_is_never_timed(tmp_path: Path, precision: str) ->
 def test_unresolved_auto_computes_in_float32() -> None:
     for backbone in ("cnn", "mobilenet_v2"):
         configuration = Configuration(backbone=backbone)  # type: ignore[arg-type]
-        assert dtype_policy(Train(precision="auto"), configuration) == "float32"
+        assert Train(precision="auto").dtype_policy(configuration) == "float32"
 
 
 @pytest.mark.slow

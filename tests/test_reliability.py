@@ -15,9 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
-from ablation.data import load_images
-from ablation.factors import Configuration
-from ablation.training import train
+from ablation.data.images import load_images
+from ablation.model.training import train
+from ablation.sweep.factors import Configuration
 from conftest import SMALL_WEIGHTS, load_study
 
 pytestmark = pytest.mark.slow  # studies and trainings, killed and rerun on the command line

@@ -13,9 +13,9 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
-from ablation.figures import FIGURES
-from ablation.report import build_report, render
-from ablation.tracking import Tracker
+from ablation.results.figures import FIGURES
+from ablation.results.report import build_report, render
+from ablation.tracking.tracker import Tracker
 from conftest import run_module
 
 pytestmark = pytest.mark.slow  # really trained studies, reported on the command line

@@ -17,8 +17,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from ablation.config import load_sweep
-from ablation.data import load_images
+from ablation.data.images import load_images
+from ablation.sweep.config import load_sweep
 from ablation.ui import mlflow_server
 from conftest import fresh_databases, load_study, run_module
 

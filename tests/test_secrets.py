@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from ablation.config import load_sweep
 from ablation.errors import UserError, first_line
 from ablation.redaction import redact, redact_output
-from ablation.study import sweep_yaml
+from ablation.study.runner import sweep_yaml
+from ablation.sweep.config import load_sweep
 from ablation.ui import mlflow_server
 from conftest import REPO, run_module
 

@@ -5,8 +5,8 @@ import itertools
 import optuna
 import pytest
 
-from ablation.factors import Factor
-from ablation.space import (
+from ablation.sweep.factors import Factor
+from ablation.sweep.space import (
     BLOG_MODELS,
     blog_name,
     configuration,

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
-from ablation.data import load_images
+from ablation.data.images import load_images
 from conftest import SMALL_WEIGHTS, load_study
 
 pytestmark = pytest.mark.slow  # real training on real photos

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.config import Sweep
-from ablation.data import load_images
-from ablation.factors import Configuration
-from ablation.training import train
+from ablation.data.images import load_images
+from ablation.model.training import train
+from ablation.sweep.config import Sweep
+from ablation.sweep.factors import Configuration
 from conftest import frozen_sweep
 
 pytestmark = pytest.mark.slow  # every test trains a model

@@ -24,12 +24,12 @@ import os
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) says nothing a user can act on.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ablation.config import Sweep, load_sweep  # noqa: E402
 from ablation.errors import UserError  # noqa: E402
-from ablation.factors import Configuration, Factor  # noqa: E402
-from ablation.records import TrialRecord, TrialState  # noqa: E402
-from ablation.study import StudySummary, run_sweep  # noqa: E402
-from ablation.trial import TrialOutcome  # noqa: E402
+from ablation.study.runner import StudySummary, run_sweep  # noqa: E402
+from ablation.study.trial import TrialOutcome  # noqa: E402
+from ablation.sweep.config import Sweep, load_sweep  # noqa: E402
+from ablation.sweep.factors import Configuration, Factor  # noqa: E402
+from ablation.tracking.records import TrialRecord, TrialState  # noqa: E402
 
 __all__ = [
     "Configuration",

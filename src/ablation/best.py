@@ -24,7 +24,7 @@ and accuracies, and moves the alias (``--alias``, default ``champion``) to it::
     model = mlflow.pyfunc.load_model("models:/cats-vs-dogs@champion")
 
 Example:
-    >>> from ablation.records import TrialRecord, TrialState
+    >>> from ablation.tracking.records import TrialRecord, TrialState
     >>> done = TrialState.COMPLETE
     >>> records = [TrialRecord("a", {}, 0, done, number=0, model_val_accuracy=0.8),
     ...            TrialRecord("b", {}, 0, done, number=1, model_val_accuracy=0.9)]
@@ -43,12 +43,18 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ablation import space
 from ablation.cli import configure_logging, sweep_parser, user_error
-from ablation.config import load_sweep
 from ablation.errors import UserError, first_line
-from ablation.records import DEFAULT_ALIAS, TagName, TrialRecord, TrialState, class_names_of
-from ablation.tracking import read_study
+from ablation.sweep import space
+from ablation.sweep.config import load_sweep
+from ablation.tracking.records import (
+    DEFAULT_ALIAS,
+    TagName,
+    TrialRecord,
+    TrialState,
+    class_names_of,
+)
+from ablation.tracking.tracker import read_study
 
 
 def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:

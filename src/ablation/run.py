@@ -30,14 +30,14 @@ from rich.progress import (
 )
 
 from ablation.cli import configure_logging, stop_on_signals, sweep_parser, user_error
-from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
-from ablation.plan import plan, stores
-from ablation.records import TrialState
 from ablation.redaction import redact
-from ablation.report import build_report, default_plot_dir, render, write_report_files
-from ablation.study import run_sweep
-from ablation.trial import TrialOutcome
+from ablation.results.report import build_report, default_plot_dir, render, write_report_files
+from ablation.study.plan import plan, stores
+from ablation.study.runner import run_sweep
+from ablation.study.trial import TrialOutcome
+from ablation.sweep.config import Sweep, load_sweep
+from ablation.tracking.records import TrialState
 
 
 class ConsoleReporter:

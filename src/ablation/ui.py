@@ -23,14 +23,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO
 
 from ablation.cli import configure_logging, stop_on_signals, sweep_parser, user_error
-from ablation.config import Sweep, load_sweep
 from ablation.errors import UserError
 from ablation.redaction import redact
-from ablation.tracking import Tracker
+from ablation.sweep.config import Sweep, load_sweep
+from ablation.sweep.stores import is_server, sqlite_file
+from ablation.tracking.tracker import Tracker
 
 
 def runs_view(base_url: str, experiment_id: str) -> str:
@@ -46,10 +46,11 @@ def serve(sweep: Sweep, host: str = "127.0.0.1", port: int = 5000) -> Iterator[s
         UserError: The store does not exist, or the server does not come up.
     """
     uri = sweep.tracking.tracking_uri()
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         yield uri.rstrip("/")
         return
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
         raise UserError(f"tracking.uri: no MLflow store at {uri!r}; run the sweep first")
     with mlflow_server(uri, host=host, port=port, command="ui") as base_url:
         yield base_url

@@ -1,0 +1,298 @@
+"""Model builders: one Keras model per point of the design space, and its parts.
+
+The model takes raw RGB images (float, 0-255) and stacks, in the blog's order:
+input preprocessing, random augmentation (active only while training), the
+backbone, and a head with one logit per class::
+
+    >>> from ablation.sweep.factors import Configuration
+    >>> network = build_model(Configuration(backbone="cnn", augment=True), image_size=(160, 160),
+    ...                       num_classes=2)
+    >>> [layer.name for layer in network.model.layers]
+    ['image', 'augmentation', 'conv2d', 'max_pooling2d', ..., 'logits']
+    >>> network.backbone is None
+    True
+
+Backbones:
+    cnn: the blog's small CNN (three 3x3 convolutions, two max-poolings, dropout, two dense).
+    mobilenet_v2: MobileNetV2 with frozen ImageNet weights (run in inference mode),
+        global max (or average) pooling, dropout, Dense(num_classes). Fine-tuning
+        unfreezes its top layers afterwards (:func:`unfreeze_top`).
+
+A model with a pretrained backbone comes with its two halves (:class:`Network`),
+built from the same layers: the feature extractor (preprocessing and backbone,
+no augmentation) and the head (pooling, dropout, logits); with augmentation,
+also the augmenter (preprocessing and augmentation, the backbone's input). The
+feature cache (:mod:`ablation.model.features`) trains the head alone on features
+computed once, or, with augmentation, anew at each epoch's start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ablation.errors import UserError, first_line
+from ablation.sweep.config import Precision, PretrainedWeights
+from ablation.sweep.factors import Configuration
+
+if TYPE_CHECKING:
+    import keras
+
+MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A configuration's model and, with a pretrained backbone, its two halves.
+
+    The halves share the model's layers: while the backbone is frozen,
+    ``model(x) == head(extractor(x))`` at inference.
+    """
+
+    model: keras.Model  # raw RGB images (0-255) -> logits
+    backbone: keras.Model | None = None  # the pretrained backbone; None for the CNN
+    extractor: keras.Model | None = None  # images -> backbone features, no augmentation
+    head: keras.Model | None = None  # backbone features -> logits
+    # images -> preprocessed, augmented images (random with training=True): the backbone's
+    # input in training; None without augmentation or a pretrained backbone
+    augmenter: keras.Model | None = None
+
+
+def build_model(
+    configuration: Configuration,
+    *,
+    image_size: tuple[int, int],
+    num_classes: int,
+    weights: PretrainedWeights | None = None,
+    seed: int | None = None,
+    precision: Precision = "float32",
+) -> Network:
+    """Build (not compile) the model of one configuration.
+
+    Args:
+        configuration: The configuration.
+        image_size: Height and width of the input images.
+        num_classes: Number of output logits.
+        weights: The pretrained backbone's weights and width (MobileNetV2 only).
+        seed: Seed of the augmentation and dropout layers.
+        precision: Keras's dtype policy for every layer but the logits, which (and so
+            the loss) stay float32: ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
+    """
+    import keras
+    from keras import layers
+
+    keras.mixed_precision.set_global_policy(precision)
+    inputs = keras.Input(shape=(*image_size, 3), name="image")
+    stem: list[Any] = []  # before the backbone, every pass (training or not)
+    if configuration.preprocess == "mobilenet_v2":
+        # Exactly keras.applications.mobilenet_v2.preprocess_input (x / 127.5 - 1) as a layer.
+        stem.append(layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_mobilenet_v2"))
+    x = _apply(stem, inputs)
+    augment = augmentation(configuration, seed=seed) if configuration.augment else None
+    if augment is not None:
+        x = augment(x)
+    # Layers are made in the order they stack: each unseeded initializer draws its seed
+    # when it is made, so this order is what makes a seed's model the same model.
+    if not configuration.pretrained:
+        x = _apply(_small_cnn(configuration, seed), x)
+        logits = layers.Dense(num_classes, name="logits", dtype="float32")
+        return Network(keras.Model(inputs, logits(x), name=configuration.backbone))
+
+    backbone = mobilenet_v2_base(image_size, weights or PretrainedWeights())
+    pooling = (
+        layers.GlobalAveragePooling2D(name="global_average_pooling2d")
+        if configuration.pooling == "avg"
+        else layers.GlobalMaxPooling2D(name="global_max_pooling2d")
+    )
+    dropout = layers.Dropout(configuration.dropout, seed=seed, name="dropout")
+    head_layers = [pooling, dropout, layers.Dense(num_classes, name="logits", dtype="float32")]
+    # BatchNorm in inference mode, fine-tuned or not.
+    model = keras.Model(
+        inputs, _apply(head_layers, backbone(x, training=False)), name=configuration.backbone
+    )
+    return _with_parts(model, backbone, stem, augment, head_layers)
+
+
+def _with_parts(
+    model: keras.Model,
+    backbone: keras.Model,
+    stem: list[Any],
+    augment: keras.Sequential | None,
+    head_layers: list[Any],
+) -> Network:
+    """A pretrained model with its extractor, head and augmenter: the model's own layers."""
+    import keras
+
+    image = keras.Input(shape=model.input_shape[1:], name="image")
+    features = backbone(_apply(stem, image), training=False)
+    extractor = keras.Model(image, features, name="feature_extractor")
+    features_in = keras.Input(shape=features.shape[1:], name="features")
+    head = keras.Model(features_in, _apply(head_layers, features_in), name="head")
+    augmenter = None
+    if augment is not None:
+        augmenter = keras.Model(image, augment(_apply(stem, image)), name="augmenter")
+    return Network(model, backbone=backbone, extractor=extractor, head=head, augmenter=augmenter)
+
+
+def _apply(layers: list[Any], x: Any) -> Any:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def _small_cnn(configuration: Configuration, seed: int | None) -> list[Any]:
+    """The blog's CNN up to its logits."""
+    from keras import layers
+
+    return [
+        layers.Conv2D(32, 3, activation="relu", name="conv2d"),
+        layers.MaxPooling2D(name="max_pooling2d"),
+        layers.Conv2D(32, 3, activation="relu", name="conv2d_1"),
+        layers.MaxPooling2D(name="max_pooling2d_1"),
+        layers.Conv2D(64, 3, activation="relu", name="conv2d_2"),
+        layers.Flatten(name="flatten"),
+        layers.Dropout(configuration.dropout, seed=seed, name="dropout"),
+        layers.Dense(64, activation="relu", name="dense"),
+    ]
+
+
+def augmentation(configuration: Configuration, seed: int | None = None) -> keras.Sequential:
+    """The blog's augmentation: a random flip, then a random rotation."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip(configuration.flip, seed=seed, name="random_flip"),
+            layers.RandomRotation(configuration.rotation, seed=seed, name="random_rotation"),
+        ],
+        name="augmentation",
+    )
+
+
+def mobilenet_v2_base(image_size: tuple[int, int], pretrained: PretrainedWeights) -> keras.Model:
+    """MobileNetV2 without its top, weights loaded and frozen.
+
+    Raises:
+        UserError: The weights file is missing, cannot be downloaded, or does not fit.
+    """
+    import keras
+
+    weights = pretrained.weights
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise UserError(f"model.weights: {weights!r} is not a file (allowed: imagenet or a path)")
+    if weights == "imagenet" and image_size[0] != image_size[1]:
+        raise UserError(
+            f"data.image_size {list(image_size)}: MobileNetV2's ImageNet weights need square "
+            f"images (one of {', '.join(map(str, MOBILENET_V2_SIZES))})"
+        )
+    try:
+        base = keras.applications.MobileNetV2(
+            input_shape=(*image_size, 3), include_top=False, weights=weights, alpha=pretrained.alpha
+        )
+    except Exception as exc:  # h5py, Keras and get_file raise many kinds (a bare Exception too)
+        if weights != "imagenet" or isinstance(exc, ValueError):
+            raise UserError(
+                f"model.weights: {weights!r} does not fit MobileNetV2 with alpha "
+                f"{pretrained.alpha} ({first_line(exc)}); allowed: imagenet, or a MobileNetV2 "
+                "weights file without its top"
+            ) from None
+        cached = imagenet_weights_file(image_size, pretrained)
+        raise UserError(
+            f"model.weights: cannot load MobileNetV2 ImageNet weights ({first_line(exc)}); "
+            f"offline, set KERAS_HOME to a folder with models/{cached}"
+            " or set model.weights to a weights file"
+        ) from None
+    base.trainable = False
+    return base
+
+
+def imagenet_weights_file(image_size: tuple[int, int], pretrained: PretrainedWeights) -> str:
+    """The file name Keras caches MobileNetV2's ImageNet weights under."""
+    rows = image_size[0] if image_size[0] in MOBILENET_V2_SIZES else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{pretrained.alpha}_{rows}_no_top.h5"
+
+
+def weights_fingerprint(image_size: tuple[int, int], pretrained: PretrainedWeights) -> str:
+    """A short hash of the backbone's weights file, so results say what they stand on."""
+    if pretrained.weights == "imagenet":
+        keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        path = Path(keras_home) / "models" / imagenet_weights_file(image_size, pretrained)
+        if not path.is_file():  # Keras falls back to /tmp when the home is not writable
+            path = Path("/tmp/.keras/models") / imagenet_weights_file(image_size, pretrained)
+    else:
+        path = Path(pretrained.weights)
+    if not path.is_file():
+        return "unknown"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def unfreeze_top(network: Network, count: int) -> list[str]:
+    """Make the backbone's top ``count`` layers trainable, BatchNorm layers excepted.
+
+    BatchNorm layers stay frozen, and so in inference mode (their moving statistics
+    are ImageNet's): updating them on small batches of a small dataset wrecks what
+    the backbone learned. Returns the names of the layers made trainable.
+
+    Raises:
+        ValueError: The model has no pretrained backbone.
+    """
+    from keras import layers
+
+    backbone = network.backbone
+    if backbone is None:
+        raise ValueError(f"model {network.model.name!r} has no pretrained backbone to fine-tune")
+    backbone.trainable = True
+    top = {id(layer) for layer in backbone.layers[-count:]} if count > 0 else set()
+    unfrozen = []
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in top and not isinstance(layer, layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen
+
+
+def compile_model(
+    model: keras.Model, optimizer: str, learning_rate: float, label_smoothing: float = 0.0
+) -> None:
+    """Compile with the blog's loss (cross-entropy from logits, integer labels) and accuracy.
+
+    With ``label_smoothing`` the targets are ``(1 - s) * one_hot + s / classes``, as in
+    ``keras.losses.CategoricalCrossentropy(label_smoothing=s)``.
+    """
+    import keras
+
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    loss: Any = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if label_smoothing:
+
+        def loss(y_true: Any, logits: Any) -> Any:
+            labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+            targets = keras.ops.one_hot(labels, keras.ops.shape(logits)[-1])
+            return keras.losses.categorical_crossentropy(
+                targets, logits, from_logits=True, label_smoothing=label_smoothing
+            )
+
+    model.compile(
+        optimizer=optimizers[optimizer](learning_rate=learning_rate),
+        loss=loss,
+        metrics=["accuracy"],
+    )
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """The model without its training setup (optimizer, loss): what is saved and exported.
+
+    It shares the trained weights, takes raw RGB images (0-255) and gives logits;
+    ``keras.saving.load_model`` reads it back with no custom objects.
+    """
+    import keras
+
+    return keras.Model(model.inputs, model.outputs, name=model.name)

@@ -1,0 +1,111 @@
+"""What a sweep will run, in words: the ``--dry-run`` listing and a run's first lines.
+
+Example:
+    >>> from ablation.sweep.config import load_sweep
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["train.precision=float32"])
+    >>> lines = plan(sweep)
+    >>> print(lines[0])
+    study 'blog': grid of 12 configuration(s) x 1 seed(s) = 12 trial(s), 20 epoch(s) each ...
+    >>> print(next(line for line in lines if "model3" in line))
+      cnn+aug(0.2)+prep    backbone=cnn augment=True rotation=0.2
+      preprocess=mobilenet_v2  [model3]
+"""
+
+from __future__ import annotations
+
+from ablation.data.folders import SAYS, resolve_source
+from ablation.redaction import redact
+from ablation.sweep import space
+from ablation.sweep.config import Sweep
+from ablation.sweep.factors import Configuration, Params
+
+
+def grid_points(sweep: Sweep) -> list[tuple[Params, int]]:
+    """Every (configuration, seed) pair a grid study runs, each once."""
+    return [(params, seed) for params in space.grid(sweep.space) for seed in sweep.study.seeds]
+
+
+def plan(sweep: Sweep) -> list[str]:
+    """Lines saying what the sweep will run: a summary, then one line per configuration
+    (a grid) or per configuration to try first (a sampler)."""
+    study = sweep.study
+    if study.sampler == "grid":
+        configurations = space.grid(sweep.space)
+        lines = [
+            f"study {study.name!r}: grid of {len(configurations)} configuration(s) x "
+            f"{len(study.seeds)} seed(s) = {len(configurations) * len(study.seeds)} trial(s), "
+            f"{_epochs(sweep)}{_precision(sweep)}",
+            data_line(sweep),
+        ]
+        for params in configurations:
+            blog = space.blog_name(params)
+            suffix = f"  [{blog}]" if blog else ""
+            lines.append(f"  {space.label(params):<32} {_format_params(params)}{suffix}")
+        return lines
+    lines = [
+        f"study {study.name!r}: {study.trials} trial(s) sampled by {study.sampler} over "
+        f"{', '.join(sweep.space)}; seeds {study.seeds}; {_epochs(sweep)}{_precision(sweep)}",
+        data_line(sweep),
+    ]
+    for params in study.try_first:
+        lines.append(f"  first: {space.label(params):<32} {_format_params(params)}")
+    return lines
+
+
+def data_line(sweep: Sweep) -> str:
+    """Which data, in which layout (a local folder is looked at; an archive once downloaded).
+
+    Raises:
+        UserError: A local ``data.source`` that is not a data folder.
+    """
+    source = redact(sweep.data.source)
+    if "://" in sweep.data.source:
+        return f"data: {source} (an archive: its layout is seen once it is downloaded)"
+    root, layout = resolve_source(sweep.data.source)
+    return f"data: {root}: {SAYS[layout]}"
+
+
+def stores(sweep: Sweep) -> str:
+    """Where the study and its records go, any password shown as ``***``.
+
+    >>> from ablation.sweep.config import load_sweep
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["study.storage=postgresql://u:pw@db/optuna",
+    ...                                         "tracking.uri=https://u:pw@mlflow.example"])
+    >>> print(stores(sweep))
+    Optuna: postgresql://u:***@db/optuna  MLflow: https://u:***@mlflow.example
+    """
+    return (
+        f"Optuna: {redact(sweep.study.storage_url())}  "
+        f"MLflow: {redact(sweep.tracking.tracking_uri())}"
+    )
+
+
+def _epochs(sweep: Sweep) -> str:
+    """How long each trial trains, e.g. ``20 epoch(s) each``."""
+    text = f"{sweep.train.epochs} epoch(s) each"
+    stops = []
+    if sweep.train.patience is not None:
+        stops.append(f"early stopping after {sweep.train.patience} without progress")
+    if sweep.study.pruner != "none":
+        stops.append(f"{sweep.study.pruner} pruning from epoch {sweep.study.prune_after + 1}")
+    return f"{text} at most ({'; '.join(stops)})" if stops else text
+
+
+def _precision(sweep: Sweep) -> str:
+    """Each backbone's dtype policy where it is not plain float32, e.g. ``; cnn in
+    mixed_bfloat16, mobilenet_v2 in float32`` (``auto`` is timed when the study runs)."""
+    if sweep.train.precision == "float32":
+        return ""
+    if sweep.train.precision == "auto":
+        return "; precision: auto (timed once per machine when the study runs)"
+    searched = sweep.space.get("backbone")
+    backbones = searched.choice if searched and searched.choice else [Configuration().backbone]
+    policies = ", ".join(
+        f"{backbone} in {sweep.train.dtype_policy(space.configuration({'backbone': backbone}))}"
+        for backbone in backbones
+    )
+    return f"; {policies}"
+
+
+def _format_params(params: Params) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())

@@ -1,0 +1,271 @@
+"""The Optuna study: which trials to run, running them, recording them in MLflow.
+
+With ``sampler: grid`` every configuration of the space is run once per seed.
+The grid is enumerated here and each missing point is enqueued in the study,
+so a re-run of the same sweep only runs what is not finished yet (and re-runs
+what failed); grid points are never duplicated. With ``tpe`` or ``random``,
+the study runs until it holds ``study.trials`` finished trials.
+
+The objective is validation accuracy; test accuracy is recorded for every trial
+and never used for selection.
+
+Example::
+
+    from ablation import load_sweep, run_sweep
+    sweep = load_sweep("sweeps/blog.yaml", ["data.source=../shared/data/cats_and_dogs",
+                                            "data.limit_per_class=20", "train.epochs=1"])
+    summary = run_sweep(sweep)
+    print(len(summary.outcomes), summary.outcomes[0].label)   # 12 cnn s0
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ablation.autotune import feature_batch
+from ablation.autotune.cores import share_of_cores
+from ablation.autotune.precision import resolve_auto
+from ablation.autotune.timings import machine_key
+from ablation.data.images import Images, load_images, write_images
+from ablation.errors import UserError
+from ablation.model.builders import mobilenet_v2_base, weights_fingerprint
+from ablation.redaction import redact, redacted
+from ablation.study.plan import grid_points
+from ablation.study.process import SpareProcesses
+from ablation.study.storage import (
+    fail_dead_trials,
+    lock,
+    open_study,
+)
+from ablation.study.workers import (
+    Context,
+    Reporter,
+    SilentReporter,
+    StudySummary,
+    waiting_trials,
+    work,
+    work_in_threads,
+)
+from ablation.sweep import space
+from ablation.sweep.config import Sweep
+from ablation.sweep.factors import Params
+from ablation.tracking.figures import data_figures, write_figures
+from ablation.tracking.records import ARTIFACT_FEATURE_BATCH_DIR, ARTIFACT_PRECISION_DIR, ParamName
+from ablation.tracking.tracker import Tracker
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+
+def point_key(params: Params, seed: int) -> str:
+    """The identity of a (configuration, seed) pair in the study: enqueued once."""
+    return json.dumps({"params": params, "seed": seed}, sort_keys=True)
+
+
+def sweep_yaml(sweep: Sweep) -> str:
+    """The resolved sweep as YAML (the study run's ``sweep.yaml``), every password redacted.
+
+    >>> from ablation.sweep.config import load_sweep
+    >>> sweep = load_sweep("sweeps/blog.yaml", ["study.storage=postgresql://u:pw@db/optuna"])
+    >>> [line for line in sweep_yaml(sweep).splitlines() if "storage:" in line]
+    ['  storage: postgresql://u:***@db/optuna']
+    """
+    return yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
+
+
+def run_sweep(
+    sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 1, threads: int | None = None
+) -> StudySummary:
+    """Run (or continue) the sweep's study and record every trial in MLflow.
+
+    Args:
+        sweep: The validated sweep.
+        reporter: Receives progress.
+        workers: Trials side by side, each process with ``threads``
+            (:mod:`ablation.autotune.cores`).
+
+    Raises:
+        UserError: Bad data, weights, storage or tracking URI; found before any training.
+        KeyboardInterrupt: After recording the interrupted trial as failed.
+    """
+    if workers > 1 and sweep.study.isolation != "process":
+        raise UserError("--workers above 1 needs study.isolation: process")
+    spares: list[SpareProcesses] = []  # each worker's next trial process
+    try:
+        return _run_sweep(
+            sweep,
+            reporter or SilentReporter(),
+            workers,
+            share_of_cores(workers, threads=threads),
+            spares,
+        )
+    finally:
+        for spare in spares:
+            spare.close()
+
+
+def _run_sweep(
+    sweep: Sweep, reporter: Reporter, workers: int, threads: int, spares: list[SpareProcesses]
+) -> StudySummary:
+    images = load_images(sweep.data)
+    if space.uses_pretrained(sweep.space):
+        _check_weights(sweep)
+    study = open_study(sweep)
+    tracker = Tracker(sweep.tracking, sweep.experiment_name)
+    written = sweep  # as the user wrote it (precision: auto): the study run's sweep.yaml
+    # From here on one policy and one feature batch size per backbone, for the trials
+    # too (timed with no trial process yet to disturb the timing).
+    sweep, precision = resolve_auto(sweep, threads=threads)
+    sweep, batches = feature_batch.resolve_auto(sweep, threads=threads)
+    if sweep.study.isolation == "process":  # each worker's first trial process gets ready now
+        spares += [SpareProcesses(sweep, threads) for _ in range(workers)]
+    identity = _identity(sweep, images)
+    weights = _weights_identity(sweep)
+    # Under the study's lock, so that processes joining at once (several machines)
+    # share one parent run and never enqueue a grid point twice.
+    with lock(sweep.study.storage_url(), f"study-{sweep.study.name}"):
+        parent_id = tracker.study_run(
+            sweep.study.name,
+            {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},
+            sweep_yaml(written),
+        )
+        _recover_dead_trials(study, tracker)
+        planned, to_run = _enqueue(study, sweep)
+    for spare in spares:
+        spare.stores_ready()
+    _attach_data_pictures(sweep, images, tracker, parent_id)
+    for folder, timing in (
+        (ARTIFACT_PRECISION_DIR, precision),
+        (ARTIFACT_FEATURE_BATCH_DIR, batches),
+    ):
+        if timing:
+            tracker.log_json(parent_id, timing, f"{folder}/{machine_key(timing['machine'])}.json")
+    summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
+    context = Context(
+        sweep,
+        images,
+        _images_file(sweep, images),
+        tracker,
+        parent_id,
+        identity,
+        weights,
+        reporter,
+        to_run,
+        spares,
+    )
+    interrupted = True
+    try:
+        if workers == 1:
+            work(study, context, summary)
+        else:
+            work_in_threads(study, context, summary, workers)
+        interrupted = False
+    finally:
+        tracker.end_study(parent_id, interrupted=interrupted)
+    return summary
+
+
+def _attach_data_pictures(sweep: Sweep, images: Images, tracker: Tracker, parent_id: str) -> None:
+    """Draw the report's data pictures now, while the data is here, onto the study's run
+    (under ``report/``): the report reads them from there, never the data."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.attach_report(parent_id, write_figures(data_figures(sweep, images), Path(tmp)))
+
+
+def _identity(sweep: Sweep, images: Images) -> dict[str, Any]:
+    """The params every trial run of this sweep records: training setting and data."""
+    return {
+        "epochs": sweep.train.epochs,
+        "batch_size": sweep.data.batch_size,
+        "optimizer": sweep.train.optimizer,
+        "learning_rate": sweep.train.learning_rate,
+        "patience": sweep.train.patience or "off",
+        "image_size": "x".join(map(str, sweep.data.image_size)),
+        "data_source": redact(sweep.data.source),
+        "data_sha256": images.fingerprint,
+        "n_train": len(images.y_train),
+        "n_val": len(images.y_val),
+        "n_test": len(images.y_test),
+        ParamName.CLASSES: json.dumps(images.class_names, ensure_ascii=False),
+        ParamName.LAYOUT: images.layout,
+    }
+
+
+def _weights_identity(sweep: Sweep) -> dict[str, Any]:
+    """The params of the trials with a pretrained backbone: which weights it stands on."""
+    if not space.uses_pretrained(sweep.space):
+        return {}
+    return {
+        "weights": redact(sweep.model.weights),
+        "alpha": sweep.model.alpha,
+        "weights_sha256": weights_fingerprint(sweep.data.image_size, sweep.model),
+    }
+
+
+def _recover_dead_trials(study: optuna.Study, tracker: Tracker) -> None:
+    """Fail the trials whose process died, so that they run again; end their MLflow runs."""
+    failed, running = fail_dead_trials(study)
+    tracker.end_orphaned_trials(study.study_name, running)
+    if failed:
+        log.warning("%d trial(s) of an earlier run were interrupted; they will run again", failed)
+
+
+def _enqueue(study: optuna.Study, sweep: Sweep) -> tuple[int, int]:
+    """Enqueue what this invocation should run; how many trials are planned and to run."""
+    finished = _finished_or_running(study)
+
+    def enqueue(params: Params, seed: int) -> None:
+        if point_key(params, seed) not in finished:
+            study.enqueue_trial(params, user_attrs={"seed": seed, "point": point_key(params, seed)})
+
+    if sweep.study.sampler == "grid":
+        points = grid_points(sweep)
+        for params, seed in points:
+            enqueue(params, seed)
+        return len(points), len(waiting_trials(study))  # new points and any left waiting earlier
+    planned = sweep.study.trials or 0
+    to_run = max(planned - len(finished), 0)
+    for params in sweep.study.try_first[:to_run]:
+        enqueue(params, sweep.study.seeds[0])
+    return planned, to_run
+
+
+def _images_file(sweep: Sweep, images: Images) -> Path | None:
+    """Where trial processes read the decoded images (None: trials run in this process)."""
+    if sweep.study.isolation != "process":
+        return None
+    if images.file is not None:
+        return images.file
+    private = Path(tempfile.mkdtemp(prefix="ablation-"))  # no cache folder: a private copy
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    write_images(images, private / "images")
+    return private / "images"
+
+
+def _finished_or_running(study: optuna.Study) -> set[str]:
+    """Grid keys (or trial numbers) of trials that need no new run."""
+    from optuna.trial import TrialState as OptunaState
+
+    keep = (OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.RUNNING, OptunaState.WAITING)
+    return {
+        t.user_attrs.get("point", str(t.number))
+        for t in study.get_trials(deepcopy=False, states=keep)
+    }
+
+
+def _check_weights(sweep: Sweep) -> None:
+    """Load the backbone once before any trial, so a weights problem is one clear line."""
+    import keras
+
+    mobilenet_v2_base(sweep.data.image_size, sweep.model)
+    keras.backend.clear_session()

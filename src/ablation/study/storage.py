@@ -1,0 +1,241 @@
+"""The Optuna side of a study: where its state lives, and how several processes share it.
+
+:func:`open_study` creates or loads a sweep's study; the study process and each
+trial's process (which reports its epochs to the pruner) open it the same way.
+
+``study.storage`` is either a database URL (``postgresql://``, ``mysql://``,
+``sqlite:///``: Optuna's RDB storage, which machines share) or the path of a
+journal file (the default, ``mlruns/optuna.journal``). Optuna's journal file
+storage appends each change to a log under a file lock, so several worker
+processes on one machine never meet SQLite's "database is locked".
+
+RDB storages get Optuna's heartbeat: a trial whose process (on any machine)
+stops beating for ``study.grace_seconds`` is failed by the next process that
+joins the study, and its grid point runs again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ablation.errors import UserError, first_line
+from ablation.files import locked
+from ablation.sweep.config import Sweep
+from ablation.sweep.stores import is_database, local_file
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def open_storage(
+    storage: str, *, heartbeat_seconds: int = 20, grace_seconds: int = 90
+) -> optuna.storages.BaseStorage:
+    """The Optuna storage behind ``study.storage``.
+
+    Raises:
+        UserError: It cannot be opened.
+    """
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        file = local_file(storage)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        if is_database(storage):
+            # One process at a time creates the tables: machines that start together on a
+            # fresh database would otherwise collide on CREATE TABLE.
+            with lock(storage, "schema"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+                return optuna.storages.RDBStorage(
+                    storage,
+                    heartbeat_interval=heartbeat_seconds,
+                    grace_period=grace_seconds,
+                    engine_kwargs=_engine_kwargs(storage),
+                )
+        return optuna.storages.JournalStorage(JournalFileBackend(storage))
+    except Exception as exc:  # SQLAlchemy and Optuna raise many kinds for a bad URL or path
+        raise UserError(
+            f"study.storage: cannot open Optuna storage {storage!r} ({first_line(exc)}); "
+            "allowed: a journal file path or a database URL (postgresql://, mysql://, sqlite:///)"
+        ) from None
+
+
+def _engine_kwargs(url: str) -> dict[str, object]:
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}}
+    return {}
+
+
+@contextlib.contextmanager
+def lock(storage: str, name: str) -> Iterator[None]:
+    """Hold a named lock that every process using this storage, on every machine, respects.
+
+    Used around creating the storage's tables, and around reading a study and
+    enqueuing its missing grid points, so that two processes that start at once
+    never collide or enqueue the same point twice.
+    """
+    key = int(hashlib.sha256(f"ablation:{name}".encode()).hexdigest()[:15], 16)
+    if storage.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(
+            storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
+        )
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        engine.dispose()
+        return
+    if storage.startswith("mysql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(
+            storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
+        )
+        with engine.connect() as connection:
+            connection.execute(
+                sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"ablation-{key}"}
+            )
+            try:
+                yield
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": f"ablation-{key}"}
+                )
+        engine.dispose()
+        return
+    # A file on this machine (SQLite database or journal): an flock beside it.
+    with locked((local_file(storage) or Path(storage)).with_suffix(f".{name}")):
+        yield
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+    """Beat for a running trial while the context is open (RDB storages only).
+
+    Optuna beats by itself only inside ``Study.optimize``; a study driven by
+    ask-and-tell, as this one is, beats here.
+    """
+    storage = study._storage  # RDB storage comes wrapped in Optuna's cache, which beats too
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is not worth a crash
+                storage.record_heartbeat(trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def open_study(sweep: Sweep) -> optuna.Study:
+    """Create or load the sweep's study in its persistent storage.
+
+    Raises:
+        UserError: The storage cannot be opened, or refuses the study.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = sweep.study.seeds[0]
+    sampler: optuna.samplers.BaseSampler
+    if sweep.study.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    else:  # a grid's points are all enqueued, so its sampler never picks a value
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=sweep.study.prune_after)
+        if sweep.study.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    storage = open_storage(
+        sweep.study.storage_url(),
+        heartbeat_seconds=sweep.study.heartbeat_seconds,
+        grace_seconds=sweep.study.grace_seconds,
+    )
+    try:
+        return optuna.create_study(
+            study_name=sweep.study.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except Exception as exc:  # a database that refuses the schema, a broken journal
+        raise UserError(
+            f"study.storage: cannot open study {sweep.study.name!r} in "
+            f"{sweep.study.storage_url()!r} ({first_line(exc)})"
+        ) from None
+
+
+def fail_dead_trials(study: optuna.Study) -> tuple[int, set[int]]:
+    """Fail the RUNNING trials whose process has died, so that their points run again.
+
+    Dead means: its heartbeat stopped longer than the grace period ago (database
+    storages, any machine), or its process on this machine is gone (a study
+    process killed by SIGKILL or a power cut leaves its trial RUNNING).
+
+    Returns:
+        How many trials were failed, and the numbers of those still running.
+    """
+    import optuna
+
+    running_state = (optuna.trial.TrialState.RUNNING,)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a no-op for storages without heartbeat
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=running_state):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") == host and not _alive(int(worker.get("pid", 0))):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    still_running = {t.number for t in study.get_trials(deepcopy=False, states=running_state)}
+    return len(before - still_running), still_running
+
+
+def worker_identity() -> dict[str, object]:
+    """What :func:`fail_dead_trials` needs to know who runs a trial (a trial user attr)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``, without Optuna's warning that heartbeats belong to ``optimize``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        return study.ask()
