@@ -130,7 +130,7 @@ def decode_child(source: str, size: int, cache_dir: str, results: Any) -> None:
     wall = time.monotonic() - started
     count = sum(len(images.split(split)[1]) for split in ("train", "val", "test"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results.put((baseline, wall, count, str(images.file), peak, images.x_train.nbytes / 2**20))
+    results.put((baseline, wall, count, str(images.folder), peak, images.x_train.nbytes / 2**20))
 
 
 def worker_child(

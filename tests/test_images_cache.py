@@ -16,7 +16,7 @@ from ablation.data.arrays import building
 from ablation.data.folders import LAYOUTS, list_images, split_classes, split_validation
 from ablation.data.images import Images, decode, load_images, read_images, write_images
 from ablation.data.pipeline import train_dataset
-from ablation.study.runner import _images_file
+from ablation.study.runner import _images_folder
 from ablation.sweep.config import Data, load_sweep
 from conftest import REPO, SHARED, copy_images
 
@@ -78,14 +78,14 @@ def test_decoding_into_the_cache_folder_gives_the_arrays_of_decoding_in_memory(
             cached = load_images(config)
             in_memory = load_images(config.model_copy(update={"cache_dir": None}))
         assert cached.layout == in_memory.layout == layout
-        assert cached.file is not None and cached.file.parent == tmp_path / "cache"
-        assert in_memory.file is None
+        assert cached.folder is not None and cached.folder.parent == tmp_path / "cache"
+        assert in_memory.folder is None
         for name, array in expected.items():
             for images in (cached, in_memory):
                 got = getattr(images, name)
                 assert got.dtype == array.dtype and got.shape == array.shape, (layout, name)
                 assert got.tobytes() == array.tobytes(), (layout, name)
-        assert sorted(p.name for p in cached.file.iterdir()) == sorted(
+        assert sorted(p.name for p in cached.folder.iterdir()) == sorted(
             ["meta.json", *(f"{name}.npy" for name in data._ARRAYS)]
         )
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")] == []
@@ -96,15 +96,15 @@ def test_the_cache_folder_is_read_memory_mapped_and_read_only(
 ) -> None:
     config = Data(source=str(small_data), image_size=(40, 40), cache_dir=str(tmp_path))
     images = load_images(config)
-    assert images.file is not None and images.file.name.startswith("images-40x40-")
-    again = read_images(images.file)
+    assert images.folder is not None and images.folder.name.startswith("images-40x40-")
+    again = read_images(images.folder)
     for loaded in (images, again):
         for split in data.SPLITS:
             x, y = loaded.split(split)
             assert isinstance(x, np.memmap) and not x.flags.writeable
             assert x.dtype == np.uint8 and y.dtype == np.int32
     assert again.class_names == ["cats", "dogs"] and again.layout == "train+validation"
-    assert again.fingerprint == images.fingerprint and again.file == images.file
+    assert again.fingerprint == images.fingerprint and again.folder == images.folder
     in_memory = load_images(config.model_copy(update={"cache_dir": None}))
     for name in data._ARRAYS:
         assert getattr(again, name).tobytes() == getattr(in_memory, name).tobytes()
@@ -150,8 +150,8 @@ def test_without_a_cache_dir_trial_processes_read_a_private_copy(small_data: Pat
     sweep.data.cache_dir = None  # in memory in the study's process
     sweep.data.image_size = (24, 24)
     images = load_images(sweep.data)
-    assert images.file is None
-    private = _images_file(sweep, images)
+    assert images.folder is None
+    private = _images_folder(sweep, images)
     assert private is not None and private.is_dir()
     copy = read_images(private)
     assert isinstance(copy.x_train, np.memmap)
@@ -161,7 +161,7 @@ def test_without_a_cache_dir_trial_processes_read_a_private_copy(small_data: Pat
 
 def _load_in_a_process(config: Data) -> tuple[str, int]:
     images = load_images(config)
-    return str(images.file), int(images.x_train.sum()) + int(images.x_test.sum())
+    return str(images.folder), int(images.x_train.sum()) + int(images.x_test.sum())
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from ablation.errors import UserError
 from ablation.model.builders import (
     build_model,
     compile_model,
+    inference_copy,
     unfreeze_top,
     weights_fingerprint,
 )
@@ -168,17 +169,21 @@ def test_weights_errors_are_one_line(tmp_path: Path) -> None:
 def test_mixed_precision_computes_in_its_dtype_with_float32_logits(
     precision: Precision, dtype: str
 ) -> None:
-    try:
-        model = build_model(
-            Configuration(augment=True), image_size=(32, 32), num_classes=2, precision=precision
-        ).model
-        assert model.get_layer("conv2d").compute_dtype == dtype
-        assert model.get_layer("conv2d").variable_dtype == "float32"
-        assert model.get_layer("logits").compute_dtype == "float32"
-        assert model.output.dtype == "float32"
-    finally:
-        plain = build_model(Configuration(), image_size=(32, 32), num_classes=2).model
-    assert plain.get_layer("conv2d").compute_dtype == "float32"  # and back, for the next trial
+    import keras
+
+    model = build_model(
+        Configuration(augment=True), image_size=(32, 32), num_classes=2, precision=precision
+    ).model
+    assert model.get_layer("conv2d").compute_dtype == dtype
+    assert model.get_layer("conv2d").variable_dtype == "float32"
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert model.output.dtype == "float32"
+    assert model.dtype_policy.name == precision
+    assert inference_copy(model).dtype_policy.name == precision
+    # The global policy is left as it was found: nothing to reset for the next model.
+    assert keras.mixed_precision.global_policy().name == "float32"
+    plain = build_model(Configuration(), image_size=(32, 32), num_classes=2).model
+    assert plain.get_layer("conv2d").compute_dtype == "float32"
 
 
 CNN, MOBILENET = Configuration(backbone="cnn"), Configuration(backbone="mobilenet_v2")

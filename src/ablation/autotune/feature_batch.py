@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
-from ablation.model.builders import build_model
+from ablation.model.builders import timing_network
 from ablation.sweep.config import Precision, PretrainedWeights, Sweep
 from ablation.sweep.factors import BackboneName, Configuration
 
@@ -158,15 +158,8 @@ def _time_candidates(
     import tensorflow as tf
 
     keras.backend.clear_session()
-    network = build_model(
-        Configuration(backbone=shape.backbone),
-        image_size=shape.image_size,
-        num_classes=2,
-        weights=weights,
-        precision=shape.policy,
-    )
-    keras.mixed_precision.set_global_policy("float32")
-    extractor = network.extractor
+    configuration = Configuration(backbone=shape.backbone)
+    extractor = timing_network(configuration, shape.image_size, weights, shape.policy).extractor
     assert extractor is not None  # a pretrained backbone's
     images = tf.TensorSpec((None, *shape.image_size, 3), "float32")
     extract = tf.function(lambda batch: extractor(batch, training=False), input_signature=[images])

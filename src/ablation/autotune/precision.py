@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
-from ablation.model.builders import build_model, compile_model
+from ablation.model.builders import timing_network
 from ablation.sweep.config import Precision, PretrainedWeights, Sweep
 from ablation.sweep.factors import BackboneName, Configuration, is_one_of
 
@@ -196,16 +196,7 @@ def _time_policies(
     configuration = Configuration(backbone=shape.backbone, augment=shape.augment)
     models = {}
     for policy in policies:
-        network = build_model(
-            configuration,
-            image_size=shape.image_size,
-            num_classes=2,
-            weights=weights,
-            precision=policy,
-        )
-        compile_model(network.model, "adam", 0.001)
-        models[policy] = network.model
-    keras.mixed_precision.set_global_policy("float32")
+        models[policy] = timing_network(configuration, shape.image_size, weights, policy).model
     for model in models.values():
         for _ in range(warmup):
             model.train_on_batch(x, y)

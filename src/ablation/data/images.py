@@ -32,7 +32,7 @@ Example:
     >>> cache = tempfile.mkdtemp()
     >>> cached = load_images(Data(source="../shared/data/cats_and_dogs", limit_per_class=5,
     ...                           cache_dir=cache))
-    >>> cached.file.name[:15], type(cached.x_train).__name__
+    >>> cached.folder.name[:15], type(cached.x_train).__name__
     ('images-160x160-', 'memmap')
     >>> bool((cached.x_train == images.x_train).all())
     True
@@ -86,7 +86,7 @@ class Images:
     y_test: np.ndarray
     fingerprint: str
     source: str
-    file: Path | None = None  # the folder these decoded images are saved in, if they are
+    folder: Path | None = None  # where these decoded images are saved, if they are
     layout: str = "train+validation"
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +168,7 @@ def read_images(path: Path) -> Images:
         class_names=meta["class_names"],
         fingerprint=meta["fingerprint"],
         source=meta["source"],
-        file=path,
+        folder=path,
         layout=meta["layout"],
         **arrays,
     )

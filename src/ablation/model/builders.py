@@ -28,8 +28,10 @@ computed once, or, with augmentation, anew at each epoch's start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,10 +83,20 @@ def build_model(
         precision: Keras's dtype policy for every layer but the logits, which (and so
             the loss) stay float32: ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
     """
+    with in_policy(precision):
+        return _build(configuration, image_size, num_classes, weights, seed)
+
+
+def _build(
+    configuration: Configuration,
+    image_size: tuple[int, int],
+    num_classes: int,
+    weights: PretrainedWeights | None,
+    seed: int | None,
+) -> Network:
     import keras
     from keras import layers
 
-    keras.mixed_precision.set_global_policy(precision)
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     stem: list[Any] = []  # before the backbone, every pass (training or not)
     if configuration.preprocess == "mobilenet_v2":
@@ -114,6 +126,38 @@ def build_model(
         inputs, _apply(head_layers, backbone(x, training=False)), name=configuration.backbone
     )
     return _with_parts(model, backbone, stem, augment, head_layers)
+
+
+@contextlib.contextmanager
+def in_policy(policy: str) -> Iterator[None]:
+    """Keras's global dtype policy set to ``policy`` while the context is open, then put
+    back as it was: layers (and models) take the policy in force when they are made.
+
+    Keras has no scoped policy of its own, only the global one.
+    """
+    import keras
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def timing_network(
+    configuration: Configuration,
+    image_size: tuple[int, int],
+    weights: PretrainedWeights,
+    precision: Precision,
+) -> Network:
+    """A configuration's network as the machine's timings use it (:mod:`ablation.autotune`):
+    two classes, no seed, compiled as the blog compiles (Adam, learning rate 0.001)."""
+    network = build_model(
+        configuration, image_size=image_size, num_classes=2, weights=weights, precision=precision
+    )
+    compile_model(network.model, "adam", 0.001)
+    return network
 
 
 def _with_parts(
@@ -295,4 +339,5 @@ def inference_copy(model: keras.Model) -> keras.Model:
     """
     import keras
 
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    with in_policy(model.dtype_policy.name):  # the model's own, as when it was built
+        return keras.Model(model.inputs, model.outputs, name=model.name)

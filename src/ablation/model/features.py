@@ -51,7 +51,7 @@ import numpy as np
 
 from ablation.data.images import SPLITS, Images
 from ablation.data.pipeline import eval_dataset, train_dataset
-from ablation.model.builders import Network, weights_fingerprint
+from ablation.model.builders import Network, in_policy, weights_fingerprint
 from ablation.sweep.config import Sweep, Train
 from ablation.sweep.factors import Configuration
 
@@ -212,7 +212,8 @@ def epoch_training(
 
     indices = keras.Input(shape=(), name="image_index")
     looked_up = EpochFeatures(dtype="float32", name="epoch_features")(indices)
-    model = keras.Model(indices, network.head(looked_up), name="head_on_epoch_features")
+    with in_policy(network.model.dtype_policy.name):  # compiled as the model it trains for
+        model = keras.Model(indices, network.head(looked_up), name="head_on_epoch_features")
     dataset = train_dataset(np.arange(len(y)), y, batch_size, seed)
     return EpochTraining(model, dataset, ComputeEpochFeatures())
 

@@ -17,7 +17,7 @@ process notices and ends too.
 Example::
 
     spares = SpareProcesses(sweep, threads=2)     # the first process starts now
-    outcome = spares.take(more_to_come=False).run(spec, images_file)
+    outcome = spares.take(more_to_come=False).run(spec, images_folder)
     spares.close()
 """
 
@@ -66,18 +66,18 @@ class TrialProcess:
     def run(
         self,
         spec: TrialSpec,
-        images_file: Path,
+        images_folder: Path,
         on_epoch: EpochHook | None = None,
         stop: threading.Event | None = None,
     ) -> TrialOutcome:
-        """Run ``spec`` on the decoded images in ``images_file`` and wait for its outcome.
+        """Run ``spec`` on the decoded images in ``images_folder`` and wait for its outcome.
 
         On ``KeyboardInterrupt`` (or when ``stop`` is set, by another thread) the
         process is stopped and ``KeyboardInterrupt`` propagates.
         """
         outcome: TrialOutcome | None = None
         try:
-            self._connection.send((spec, str(images_file)))
+            self._connection.send((spec, str(images_folder)))
             outcome = self._receive(on_epoch, stop)
             if outcome is None:
                 self.process.join()
@@ -179,10 +179,10 @@ def _child_main(sweep: Sweep, threads: int, connection: Any, parent_pid: int) ->
         if connection.recv() != _OPEN_STORES:
             return
         stores = open_stores(sweep)
-        spec, images_file = connection.recv()
+        spec, images_folder = connection.recv()
     except EOFError:  # not needed after all
         return
-    images = read_images(Path(images_file))  # memory-mapped: shared, not copied
+    images = read_images(Path(images_folder))  # memory-mapped: shared, not copied
 
     def send(message: tuple[str, Any]) -> None:
         try:

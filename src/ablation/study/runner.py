@@ -154,7 +154,7 @@ def _run_sweep(
     context = Context(
         sweep,
         images,
-        _images_file(sweep, images),
+        _images_folder(sweep, images),
         tracker,
         parent_id,
         identity,
@@ -240,12 +240,12 @@ def _enqueue(study: optuna.Study, sweep: Sweep) -> tuple[int, int]:
     return planned, to_run
 
 
-def _images_file(sweep: Sweep, images: Images) -> Path | None:
+def _images_folder(sweep: Sweep, images: Images) -> Path | None:
     """Where trial processes read the decoded images (None: trials run in this process)."""
     if sweep.study.isolation != "process":
         return None
-    if images.file is not None:
-        return images.file
+    if images.folder is not None:
+        return images.folder
     private = Path(tempfile.mkdtemp(prefix="ablation-"))  # no cache folder: a private copy
     atexit.register(shutil.rmtree, private, ignore_errors=True)
     write_images(images, private / "images")

@@ -26,7 +26,7 @@ from ablation.sweep.factors import Params
 from ablation.sweep.space import configuration
 from ablation.tracking.confusion import class_accuracies, confusion_counts
 from ablation.tracking.figures import accuracy_curves, confusion_matrix
-from ablation.tracking.records import MetricName, TrialState, class_metric
+from ablation.tracking.records import MetricName, TagName, TrialState, class_metric
 from ablation.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -164,12 +164,33 @@ def _record_completed(
 ) -> None:
     """A trained trial's test classes, curves and model, in MLflow; its run ends FINISHED."""
     _record_test_classes(tracker, spec, images, result)
+    tags = {TagName.CACHED_FEATURES: ",".join(result.cached_splits) or "none"}
+    if result.features_per_epoch:
+        tags[TagName.FEATURES_PER_EPOCH] = "true"
     tracker.complete_trial(
         spec.run_id,
-        result,
+        final_metrics(result),
         figure=accuracy_curves(result.history, spec.label, fine_tune_from=result.fine_tune_from),
         model=inference_copy(result.model),
+        tags=tags,
     )
+
+
+def final_metrics(result: TrainingResult) -> dict[str, float]:
+    """A trained trial's metrics logged once, at the end (:class:`MetricName`)."""
+    metrics = {
+        MetricName.TEST_ACCURACY: result.test_accuracy,
+        MetricName.TEST_LOSS: result.test_loss,
+        MetricName.MODEL_VAL_ACCURACY: result.model_val_accuracy,
+        MetricName.BEST_VAL_ACCURACY: result.best_val_accuracy,
+        MetricName.EPOCHS_RUN: result.epochs_run,
+        MetricName.KEPT_EPOCH: result.kept_epoch + 1,
+        MetricName.TRAIN_SECONDS: result.seconds,
+        MetricName.SETUP_SECONDS: result.setup_seconds,
+    }
+    if result.fine_tune_from is not None:
+        metrics[MetricName.FINE_TUNE_FROM_EPOCH] = result.fine_tune_from + 1
+    return metrics
 
 
 def _record_test_classes(

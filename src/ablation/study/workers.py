@@ -82,7 +82,7 @@ class Context:
 
     sweep: Sweep
     images: Images
-    images_file: Path | None  # set when trials run in their own process: the decoded images
+    images_folder: Path | None  # set when trials run in their own process: the decoded images
     tracker: Tracker
     parent_id: str
     identity: dict[str, Any]  # params every trial run records
@@ -236,11 +236,11 @@ def _train_trial(spec: TrialSpec, context: Context, spares: SpareProcesses | Non
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         context.reporter.epoch_ended(spec.label, epoch, epochs, metrics)
 
-    if spares is not None and context.images_file is not None:
+    if spares is not None and context.images_folder is not None:
         with context.lock:
             more_to_come = context.started < context.total
         process = spares.take(more_to_come=more_to_come)
-        return process.run(spec, context.images_file, on_epoch, context.stop)
+        return process.run(spec, context.images_folder, on_epoch, context.stop)
     return run_trial(spec, context.images, on_epoch)
 
 

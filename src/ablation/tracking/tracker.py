@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ablation.data.images import Images
-    from ablation.model.training import TrainingResult
 
 
 class Tracker:
@@ -190,32 +189,26 @@ class Tracker:
         self._log_metrics(run_id, metrics, step=epoch)
 
     def complete_trial(
-        self, run_id: str, result: TrainingResult, *, figure: Figure, model: keras.Model
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        *,
+        figure: Figure,
+        model: keras.Model,
+        tags: Mapping[str, str],
     ) -> None:
-        """Log a trained trial's final metrics, curves plot and model; end its run as FINISHED."""
-        metrics = {
-            MetricName.TEST_ACCURACY: result.test_accuracy,
-            MetricName.TEST_LOSS: result.test_loss,
-            MetricName.MODEL_VAL_ACCURACY: result.model_val_accuracy,
-            MetricName.BEST_VAL_ACCURACY: result.best_val_accuracy,
-            MetricName.EPOCHS_RUN: result.epochs_run,
-            MetricName.KEPT_EPOCH: result.kept_epoch + 1,
-            MetricName.TRAIN_SECONDS: result.seconds,
-            MetricName.SETUP_SECONDS: result.setup_seconds,
-        }
-        if result.fine_tune_from is not None:
-            metrics[MetricName.FINE_TUNE_FROM_EPOCH] = result.fine_tune_from + 1
+        """Log a trained trial's final metrics (:class:`MetricName`: the test accuracy and
+        the epochs run among them), curves plot, model and tags; end its run as FINISHED."""
         self.client.log_figure(run_id, figure, ARTIFACT_CURVES)
-        model_id = self.log_model(run_id, model, result.test_accuracy, result.epochs_run)
+        test_accuracy = metrics[MetricName.TEST_ACCURACY]
+        model_id = self.log_model(run_id, model, test_accuracy, int(metrics[MetricName.EPOCHS_RUN]))
         self._log_metrics(run_id, metrics, step=0, model_id=model_id)  # the model's too
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / ARTIFACT_MODEL
             model.save(path)
             self.client.log_artifact(run_id, str(path))
-        cached = ",".join(result.cached_splits) or "none"
-        self.client.set_tag(run_id, TagName.CACHED_FEATURES, cached)
-        if result.features_per_epoch:
-            self.client.set_tag(run_id, TagName.FEATURES_PER_EPOCH, "true")
+        for name, value in tags.items():
+            self.client.set_tag(run_id, name, value)
         self._end_trial(run_id, TrialState.COMPLETE)
 
     def log_model(self, run_id: str, model: keras.Model, test_accuracy: float, step: int) -> str:
