@@ -36,9 +36,9 @@ def test_configuration_rows_aggregate_complete_seeds_only() -> None:
     assert len(rows) == 5
     cnn = rows[(("augment", False), ("backbone", "cnn"))]
     assert cnn.test_accuracies == [0.60, 0.62]  # the pruned trial is not in it
-    assert cnn.test_mean == pytest.approx(0.61)
-    assert cnn.test_sd == pytest.approx(0.02 / math.sqrt(2))  # two values: |a - b| / sqrt(2)
-    assert rows[(("augment", True), ("backbone", "cnn"), ("rotation", 0.2))].test_sd is None
+    assert cnn.test.mean == pytest.approx(0.61)
+    assert cnn.test.sd == pytest.approx(0.02 / math.sqrt(2))  # two values: |a - b| / sqrt(2)
+    assert rows[(("augment", True), ("backbone", "cnn"), ("rotation", 0.2))].test.sd is None
     assert [r.params["backbone"] for r in configuration_table(RECORDS)][:2] == ["mobilenet_v2"] * 2
     assert state_counts(RECORDS) == {"COMPLETE": 7, "PRUNED": 1, "FAIL": 1, "RUNNING": 0}
 

@@ -187,7 +187,7 @@ def test_one_seed_says_so_instead_of_a_spread(studies, monkeypatch: pytest.Monke
     workdir, paths = studies
     monkeypatch.chdir(workdir)  # the sweep's default stores are under ./mlruns
     report = build_report(load_sweep(paths["one-seed"]))
-    assert all(row.test_sd is None for row in report.configurations)
+    assert all(row.test.sd is None for row in report.configurations)
     text = render(report, "markdown")
     assert text.count("(one seed)") == 6  # validation and test of three configurations
     rotation = next(e for e in report.effects if e.factor == "rotation" and e.level == 0.2)

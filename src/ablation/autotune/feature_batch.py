@@ -122,12 +122,11 @@ def _valid(entry: dict[str, Any]) -> bool:
 
 FEATURE_BATCH = AutoSetting(
     field="feature_batch_size",
-    chosen="batch_size",
-    cache_file=CACHE_FILE,
     shapes=computed_shapes,
     decide=_decision,
     fallback={"batch_size": CANDIDATES[1]},
     valid=_valid,
+    cache_file=CACHE_FILE,  # not feature_batch_size.json: caches written before stay valid
 )
 
 

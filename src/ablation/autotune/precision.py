@@ -147,8 +147,6 @@ def _valid(entry: dict[str, Any]) -> bool:
 
 PRECISION = AutoSetting(
     field="precision",
-    chosen="policy",
-    cache_file=CACHE_FILE,
     shapes=timed_shapes,
     decide=_decision,
     fallback={"policy": "float32"},

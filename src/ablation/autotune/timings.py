@@ -140,27 +140,35 @@ class AutoSetting(Generic[S]):
 
     Args:
         field: The ``train`` field whose ``auto`` this decides, e.g. ``precision``.
-        chosen: The key of a decision's value, e.g. ``policy``.
-        cache_file: The cache file's name in ``data.cache_dir``.
         shapes: What to time for a sweep: ``{backbone: shape}`` (none: nothing to decide).
         decide: A shape's decision (a JSON-able dict) from its timing.
-        fallback: The decision where the timing fails (not cached).
+        fallback: The decision where the timing fails (not cached): its one key names the
+            decided value in every decision (e.g. ``{"policy": "float32"}``).
         valid: Whether a cached decision can be used (else it is timed again).
         notes: Added to the record of the decisions (e.g. the margin a policy had to win by).
+        cache_file: The cache file's name in ``data.cache_dir`` (default ``FIELD.json``).
     """
 
     field: str
-    chosen: str
-    cache_file: str
     shapes: Callable[[Sweep], dict[str, S]]
     decide: Callable[[Any], dict[str, Any]]
     fallback: dict[str, Any]
     valid: Callable[[dict[str, Any]], bool]
     notes: dict[str, Any] = field(default_factory=dict)
+    cache_file: str = ""
 
     @property
     def name(self) -> str:
         return f"{self.field}: auto"
+
+    @property
+    def chosen(self) -> str:
+        """The key of the decided value in a decision."""
+        return next(iter(self.fallback))
+
+    @property
+    def cache_name(self) -> str:
+        return self.cache_file or f"{self.field}.json"
 
 
 def resolve(
@@ -184,7 +192,7 @@ def resolve(
     if getattr(sweep.train, setting.field) != "auto" or not shapes:
         return sweep, {}
     machine = machine_identity(threads)
-    cache = Path(sweep.data.cache_dir) / setting.cache_file if sweep.data.cache_dir else None
+    cache = Path(sweep.data.cache_dir) / setting.cache_name if sweep.data.cache_dir else None
     decided = _decide_shapes(
         setting, list(shapes.values()), machine, cache, lambda todo: measure(todo, sweep.model)
     )

@@ -53,6 +53,18 @@ def _key(record: TrialRecord) -> Key:
     return configuration_key(record.params)
 
 
+@dataclass(frozen=True)
+class Spread:
+    """The mean of some values and their sample standard deviation (None for one value)."""
+
+    mean: float
+    sd: float | None
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
+
+
 @dataclass
 class ConfigurationRow:
     params: Params
@@ -69,20 +81,14 @@ class ConfigurationRow:
         return len(self.test_accuracies)
 
     @property
-    def val_mean(self) -> float:
-        return statistics.fmean(self.val_accuracies)
+    def val(self) -> Spread:
+        """Validation accuracy (of the best epoch) over the seeds."""
+        return Spread.of(self.val_accuracies)
 
     @property
-    def val_sd(self) -> float | None:
-        return statistics.stdev(self.val_accuracies) if self.n > 1 else None
-
-    @property
-    def test_mean(self) -> float:
-        return statistics.fmean(self.test_accuracies)
-
-    @property
-    def test_sd(self) -> float | None:
-        return statistics.stdev(self.test_accuracies) if self.n > 1 else None
+    def test(self) -> Spread:
+        """Test accuracy over the seeds."""
+        return Spread.of(self.test_accuracies)
 
     def mean_curve(self) -> list[float]:
         """Validation accuracy per epoch, averaged over the seeds that reached each epoch."""
@@ -112,7 +118,7 @@ def configuration_table(records: Sequence[TrialRecord]) -> list[ConfigurationRow
         row.epochs_run.append(record.epochs_run)
         row.seconds.append(record.seconds)
         row.val_curves.append(record.val_curve)
-    return sorted(rows.values(), key=lambda r: (-r.val_mean, -r.test_mean))
+    return sorted(rows.values(), key=lambda r: (-r.val.mean, -r.test.mean))
 
 
 @dataclass

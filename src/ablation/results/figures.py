@@ -41,8 +41,8 @@ def study_figures(
         ),
         "test_accuracy.png": test_accuracy_bars(
             names,
-            [r.test_mean for r in rows],
-            [r.test_sd for r in rows],
+            [r.test.mean for r in rows],
+            [r.test.sd for r in rows],
             f"{study}: test accuracy per configuration",
         ),
         "ablation_effects.png": ablation_effects(

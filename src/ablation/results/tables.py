@@ -53,14 +53,14 @@ def configuration_frame(
         entry["seeds"] = row.n
         if numeric:
             entry |= {
-                "val_acc_mean": row.val_mean,
-                "val_acc_sd": row.val_sd,
-                "test_acc_mean": row.test_mean,
-                "test_acc_sd": row.test_sd,
+                "val_acc_mean": row.val.mean,
+                "val_acc_sd": row.val.sd,
+                "test_acc_mean": row.test.mean,
+                "test_acc_sd": row.test.sd,
             }
         else:
-            entry["val acc (best epoch)"] = _mean_sd(row.val_mean, row.val_sd)
-            entry["test acc"] = _mean_sd(row.test_mean, row.test_sd)
+            entry["val acc (best epoch)"] = _mean_sd(row.val.mean, row.val.sd)
+            entry["test acc"] = _mean_sd(row.test.mean, row.test.sd)
         entry["epochs"] = _number(sum(row.epochs_run) / row.n)
         entry["seconds"] = round(sum(row.seconds) / row.n, 1)
         if not short:

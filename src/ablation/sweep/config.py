@@ -117,11 +117,8 @@ class Study(_Section):
         return self
 
     def storage_url(self) -> str:
-        if self.storage:
-            return self.storage
-        if os.environ.get(STORAGE_ENV):
-            return os.environ[STORAGE_ENV]
-        return str((DEFAULT_OUTPUT_DIR / "optuna.journal").resolve())
+        default = str((DEFAULT_OUTPUT_DIR / "optuna.journal").resolve())
+        return self.storage or os.environ.get(STORAGE_ENV) or default
 
 
 class Data(_Section):
@@ -237,11 +234,8 @@ class Tracking(_Section):
     experiment: str | None = None
 
     def tracking_uri(self) -> str:
-        if self.uri:
-            return self.uri
-        if os.environ.get(TRACKING_URI_ENV):
-            return os.environ[TRACKING_URI_ENV]
-        return sqlite_url((DEFAULT_OUTPUT_DIR / "mlflow.db").resolve())
+        default = sqlite_url((DEFAULT_OUTPUT_DIR / "mlflow.db").resolve())
+        return self.uri or os.environ.get(TRACKING_URI_ENV) or default
 
     def artifact_location(self) -> str | None:
         """Where new experiments keep artifacts: beside a local SQLite store, else the server's."""
