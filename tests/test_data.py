@@ -117,23 +117,24 @@ def test_data_errors_say_what_is_wrong(tmp_path: Path) -> None:
     assert "no readable images of class 'dogs' in train/" in message(unreadable)
 
 
-def test_url_source_is_downloaded_once_with_get_file(small_data: Path, tmp_path: Path) -> None:
+def test_url_source_is_downloaded_once_with_get_file(
+    small_data: Path, tmp_path: Path, keras_home: Path
+) -> None:
     archive = tmp_path / "cats_and_dogs_filtered.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted(small_data.rglob("*.jpg")):
             zipped.write(path, Path("cats_and_dogs_filtered") / path.relative_to(small_data))
-    cache = tmp_path / "cache"
-    root, layout = resolve_source(archive.as_uri(), cache_dir=str(cache))
+    root, layout = resolve_source(archive.as_uri())
     assert layout == "train+validation"
     assert root.name == "cats_and_dogs_filtered"
     assert (root / "train" / "cats" / "cat.1.jpg").is_file()
-    assert root.is_relative_to(cache)
+    assert root.is_relative_to(keras_home / "datasets")  # Keras's own cache
     archive.unlink()  # a second resolve uses the cache, not the (now gone) origin
-    assert resolve_source(archive.as_uri(), cache_dir=str(cache)) == (root, layout)
+    assert resolve_source(archive.as_uri()) == (root, layout)
 
 
 def test_unreachable_url_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cannot download http://127\.0\.0\.1:9/data\.zip"):
-        resolve_source("http://127.0.0.1:9/data.zip", cache_dir=str(tmp_path))
+        resolve_source("http://127.0.0.1:9/data.zip")
     with pytest.raises(UserError, match="cannot download file://"):
-        resolve_source((tmp_path / "absent.zip").as_uri(), cache_dir=str(tmp_path))
+        resolve_source((tmp_path / "absent.zip").as_uri())

@@ -65,7 +65,7 @@ class Listing:
         return digest.hexdigest()[:16]
 
 
-def resolve_source(source: str, cache_dir: str | None = None) -> tuple[Path, str]:
+def resolve_source(source: str) -> tuple[Path, str]:
     """The local folder behind ``data.source`` and its layout, downloading a URL once.
 
     Raises:
@@ -74,7 +74,7 @@ def resolve_source(source: str, cache_dir: str | None = None) -> tuple[Path, str
     """
     scheme = urllib.parse.urlparse(source).scheme
     if scheme in ("http", "https", "ftp", "file"):
-        return find_layout(_download(source, cache_dir), source)
+        return find_layout(_download(source), source)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise UserError(
@@ -85,15 +85,15 @@ def resolve_source(source: str, cache_dir: str | None = None) -> tuple[Path, str
     return find_layout(root, source)
 
 
-def _download(url: str, cache_dir: str | None) -> Path:
+def _download(url: str) -> Path:
+    """The archive at ``url``, downloaded and extracted once into Keras's cache
+    (``$KERAS_HOME/datasets``)."""
     import keras
 
-    if cache_dir is not None:  # get_file falls back to /tmp/.keras when the folder is missing
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
     name = Path(urllib.parse.urlparse(url).path).name or "dataset.zip"
     stem = name.split(".")[0]
     try:
-        extracted = keras.utils.get_file(fname=stem, origin=url, extract=True, cache_dir=cache_dir)
+        extracted = keras.utils.get_file(fname=stem, origin=url, extract=True)
     except Exception as exc:  # get_file wraps network failures in a bare Exception
         reason = getattr(exc, "reason", None) or first_line(exc)
         raise UserError(f"data.source: cannot download {url} ({reason})") from None

@@ -41,7 +41,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ import numpy as np
 
 from ablation.data.images import SPLITS, Images
 from ablation.data.pipeline import eval_dataset, train_dataset
+from ablation.files import write_atomically
 from ablation.model.builders import Network, in_policy, weights_fingerprint
 from ablation.sweep.config import Sweep, Train
 from ablation.sweep.factors import Configuration
@@ -146,16 +146,10 @@ def load_features(
                 computed = extractor.predict(eval_dataset(x, y, batch_size), verbose=0)
                 _CACHE[key, split] = np.asarray(computed)
                 if path is not None:
-                    _save(path, _CACHE[key, split])
+                    array = _CACHE[key, split]
+                    write_atomically(path, lambda partial, array=array: np.save(partial, array))
         features[split] = _CACHE[key, split]
     return features
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(partial, array)
-    partial.replace(path)
 
 
 @dataclass(frozen=True)

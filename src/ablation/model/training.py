@@ -81,6 +81,18 @@ class TrainingResult:
         return max(self.history["val_accuracy"])
 
 
+@dataclass(frozen=True)
+class Fit:
+    """One configuration trained with one seed: what each phase fits with."""
+
+    network: Network
+    configuration: Configuration
+    sweep: Sweep
+    images: Images
+    seed: int
+    report_epoch: keras.callbacks.Callback  # hands each epoch on (:func:`_epoch_reporter`)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow, and make TensorFlow's ops deterministic."""
     import keras
@@ -115,16 +127,12 @@ def train(
     features = _features(network, plan, configuration, sweep, images)
     setup_seconds = time.perf_counter() - started
 
-    report_epoch = _epoch_reporter(on_epoch)
-    history, kept = _fit_first_phase(
-        network, configuration, plan, features, sweep, images, report_epoch, seed
-    )
+    fit = Fit(network, configuration, sweep, images, seed, _epoch_reporter(on_epoch))
+    history, kept = _fit_first_phase(fit, plan, features)
     fine_tune_from = None
     if configuration.fine_tunes:
         fine_tune_from = len(history["loss"])
-        history, kept = _fine_tune(
-            network, configuration, sweep, images, history, kept, report_epoch, seed
-        )
+        history, kept = _fine_tune(fit, history, kept)
     tested = network.head if plan.tests_through_head else network.model
     x_test = features["test"] if plan.tests_through_head else images.x_test
     test_loss, predictions = _test(tested, x_test, images.y_test, sweep.data.batch_size)
@@ -208,45 +216,38 @@ def _features(
 
 
 def _fit_first_phase(
-    network: Network,
-    configuration: Configuration,
-    plan: FeaturePlan,
-    features: dict[str, np.ndarray],
-    sweep: Sweep,
-    images: Images,
-    report_epoch: keras.callbacks.Callback,
-    seed: int,
+    fit: Fit, plan: FeaturePlan, features: dict[str, np.ndarray]
 ) -> tuple[History, int]:
     """Fit the model (or its head, on cached or per-epoch features); the history and the
     kept epoch."""
-    batch_size = sweep.data.batch_size
-    validation = eval_dataset(features.get("val", images.x_val), images.y_val, batch_size)
-    early_stopping = _early_stopping(sweep)
-    callbacks = [report_epoch, *([early_stopping] if early_stopping else [])]
-    if plan.validates_through_head and network.head is not None:
-        callbacks.insert(0, _validation_through(network.head, validation))
+    batch_size = fit.sweep.data.batch_size
+    validation = eval_dataset(features.get("val", fit.images.x_val), fit.images.y_val, batch_size)
+    early_stopping = _early_stopping(fit.sweep)
+    callbacks = [fit.report_epoch, *([early_stopping] if early_stopping else [])]
+    if plan.validates_through_head and fit.network.head is not None:
+        callbacks.insert(0, _validation_through(fit.network.head, validation))
         validation = None
     if plan.train_per_epoch:
         per_epoch = epoch_training(
-            network,
-            images.x_train,
-            images.y_train,
+            fit.network,
+            fit.images.x_train,
+            fit.images.y_train,
             batch_size=batch_size,
-            seed=seed,
-            feature_batch_size=sweep.feature_batch_size(configuration),
+            seed=fit.seed,
+            feature_batch_size=fit.sweep.feature_batch_size(fit.configuration),
         )
         fitted, train_set = per_epoch.model, per_epoch.dataset
-        _compile(fitted, configuration, sweep)
+        _compile(fitted, fit.configuration, fit.sweep)
         callbacks.insert(0, per_epoch.callback)
     else:
-        head_trains = plan.head_trains and network.head is not None
-        fitted = network.head if head_trains else network.model
-        x_train = features["train"] if plan.head_trains else images.x_train
-        train_set = train_dataset(x_train, images.y_train, batch_size, seed)
+        head_trains = plan.head_trains and fit.network.head is not None
+        fitted = fit.network.head if head_trains else fit.network.model
+        x_train = features["train"] if plan.head_trains else fit.images.x_train
+        train_set = train_dataset(x_train, fit.images.y_train, batch_size, fit.seed)
     history = fitted.fit(
         train_set,
         validation_data=validation,
-        epochs=sweep.train.epochs,
+        epochs=fit.sweep.train.epochs,
         callbacks=callbacks,
         shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
@@ -256,16 +257,7 @@ def _fit_first_phase(
     return history, kept
 
 
-def _fine_tune(
-    network: Network,
-    configuration: Configuration,
-    sweep: Sweep,
-    images: Images,
-    history: History,
-    kept: int,
-    report_epoch: keras.callbacks.Callback,
-    seed: int,
-) -> tuple[History, int]:
+def _fine_tune(fit: Fit, history: History, kept: int) -> tuple[History, int]:
     """The second phase: the backbone's top layers unfrozen, a tenth of the learning rate.
 
     It starts from the head the first phase kept and runs ``fine_tune_epochs`` more
@@ -274,21 +266,23 @@ def _fine_tune(
     on its own best (fine-tuning often dips before it gains), and of the two
     phases' best epochs the better one's weights are kept (the first on a tie).
     """
-    model = network.model
+    model = fit.network.model
     first_epochs = len(history["loss"])
     first_best = history["val_accuracy"][kept]
     first_weights = {weight.path: weight.numpy() for weight in model.weights}
-    unfreeze_top(network, configuration.fine_tune_layers)
-    learning_rate = sweep.train.learning_rate_of(configuration) / 10
-    compile_model(model, sweep.train.optimizer, learning_rate, configuration.label_smoothing)
-    early_stopping = _early_stopping(sweep)
-    batch_size = sweep.data.batch_size
+    unfreeze_top(fit.network, fit.configuration.fine_tune_layers)
+    learning_rate = fit.sweep.train.learning_rate_of(fit.configuration) / 10
+    compile_model(
+        model, fit.sweep.train.optimizer, learning_rate, fit.configuration.label_smoothing
+    )
+    early_stopping = _early_stopping(fit.sweep)
+    batch_size = fit.sweep.data.batch_size
     more = model.fit(
-        train_dataset(images.x_train, images.y_train, batch_size, seed),
-        validation_data=eval_dataset(images.x_val, images.y_val, batch_size),
+        train_dataset(fit.images.x_train, fit.images.y_train, batch_size, fit.seed),
+        validation_data=eval_dataset(fit.images.x_val, fit.images.y_val, batch_size),
         initial_epoch=first_epochs,
-        epochs=first_epochs + configuration.fine_tune_epochs,
-        callbacks=[report_epoch, *([early_stopping] if early_stopping else [])],
+        epochs=first_epochs + fit.configuration.fine_tune_epochs,
+        callbacks=[fit.report_epoch, *([early_stopping] if early_stopping else [])],
         shuffle=False,
         verbose=0,
     ).history

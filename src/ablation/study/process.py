@@ -165,7 +165,6 @@ class SpareProcesses:
 
 def _child_main(sweep: Sweep, threads: int, connection: Any, parent_pid: int) -> None:
     """Entry point of a trial's process: get ready, wait for the trial, run it."""
-    import optuna
 
     # Ctrl-C and a closed terminal are the parent's to handle: it stops this process
     # and records the trial.
@@ -191,7 +190,7 @@ def _child_main(sweep: Sweep, threads: int, connection: Any, parent_pid: int) ->
             os._exit(1)
 
     stores.tracker.tag_threads(spec.run_id, threads_in_use())
-    optuna.trial.Trial(stores.study, spec.trial_id).set_user_attr("pid", os.getpid())
+    stores.optuna.trial(spec.trial_id).set_user_attr("pid", os.getpid())
     outcome = run_trial(
         spec, images, lambda epoch, metrics: send(("epoch", (epoch, metrics))), stores
     )

@@ -47,8 +47,10 @@ from ablation.study.storage import (
 )
 from ablation.study.workers import (
     Context,
+    RecordedParams,
     Reporter,
     SilentReporter,
+    StudyRecords,
     StudySummary,
     waiting_trials,
     work,
@@ -120,7 +122,8 @@ def _run_sweep(
     images = load_images(sweep.data)
     if space.uses_pretrained(sweep.space):
         _check_weights(sweep)
-    study = open_study(sweep)
+    opened = open_study(sweep)
+    study = opened.study
     tracker = Tracker(sweep.tracking, sweep.experiment_name)
     written = sweep  # as the user wrote it (precision: auto): the study run's sweep.yaml
     # From here on one policy and one feature batch size per backbone, for the trials
@@ -152,16 +155,14 @@ def _run_sweep(
             tracker.log_json(parent_id, timing, f"{folder}/{machine_key(timing['machine'])}.json")
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
     context = Context(
-        sweep,
-        images,
-        _images_folder(sweep, images),
-        tracker,
-        parent_id,
-        identity,
-        weights,
-        reporter,
-        to_run,
-        spares,
+        sweep=sweep,
+        images=images,
+        images_folder=_images_folder(sweep, images),
+        records=StudyRecords(tracker, parent_id, opened),
+        params=RecordedParams(every_trial=identity, pretrained=weights),
+        reporter=reporter,
+        total=to_run,
+        spares=spares,
     )
     interrupted = True
     try:

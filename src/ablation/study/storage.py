@@ -23,6 +23,7 @@ import socket
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,13 +123,12 @@ def lock(storage: str, name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
     """Beat for a running trial while the context is open (RDB storages only).
 
     Optuna beats by itself only inside ``Study.optimize``; a study driven by
-    ask-and-tell, as this one is, beats here.
+    ask-and-tell, as this one is, beats here, on the storage it was opened on.
     """
-    storage = study._storage  # RDB storage comes wrapped in Optuna's cache, which beats too
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if interval is None:
         yield
@@ -150,7 +150,34 @@ def heartbeat(study: optuna.Study, trial_id: int) -> Iterator[None]:
         thread.join(5)
 
 
-def open_study(sweep: Sweep) -> optuna.Study:
+@dataclass(frozen=True)
+class OptunaStudy:
+    """A sweep's open study and the storage it was opened on.
+
+    Optuna keeps a study's storage private (``Study._storage``); the storage is what
+    answers a trial's storage-wide id by its number and takes a trial's heartbeat.
+    """
+
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+
+    def trial_id(self, number: int) -> int:
+        """The storage-wide id of the study's trial ``number`` (a Trial keeps it private)."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def trial(self, trial_id: int) -> optuna.Trial:
+        """A running trial, to report its epochs to and ask the pruner, in any process.
+
+        Ask-and-tell has no public way to hand a trial to another process; this is the
+        object ``Study.ask`` itself returns, made from the study and the trial's id.
+        """
+        import optuna
+
+        return optuna.trial.Trial(self.study, trial_id)
+
+
+def open_study(sweep: Sweep) -> OptunaStudy:
     """Create or load the sweep's study in its persistent storage.
 
     Raises:
@@ -176,7 +203,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
         grace_seconds=sweep.study.grace_seconds,
     )
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=sweep.study.name,
             storage=storage,
             sampler=sampler,
@@ -184,6 +211,7 @@ def open_study(sweep: Sweep) -> optuna.Study:
             direction="maximize",
             load_if_exists=True,
         )
+        return OptunaStudy(study, storage)
     except Exception as exc:  # a database that refuses the schema, a broken journal
         raise UserError(
             f"study.storage: cannot open study {sweep.study.name!r} in "

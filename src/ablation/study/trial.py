@@ -20,7 +20,7 @@ from ablation.data.images import Images
 from ablation.errors import first_line
 from ablation.model.builders import inference_copy
 from ablation.model.training import EpochHook, TrainingResult, train
-from ablation.study.storage import open_study
+from ablation.study.storage import OptunaStudy, open_study
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Params
 from ablation.sweep.space import configuration
@@ -30,7 +30,7 @@ from ablation.tracking.records import MetricName, TagName, TrialState, class_met
 from ablation.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
-    import optuna
+    pass
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Stores:
     """A process's open connections to the sweep's stores: MLflow's and Optuna's."""
 
     tracker: Tracker
-    study: optuna.Study
+    optuna: OptunaStudy
 
 
 def open_stores(sweep: Sweep) -> Stores:
@@ -113,7 +113,7 @@ def run_trial(
 
     stores = stores or open_stores(spec.sweep)
     tracker = stores.tracker
-    trial = optuna.trial.Trial(stores.study, spec.trial_id)
+    trial = stores.optuna.trial(spec.trial_id)
     tracker.log_datasets(spec.run_id, images)
     epochs_run = 0
     started = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ablation.data.images import Images
 from ablation.model.features import plan_features
 from ablation.study.process import SpareProcesses
-from ablation.study.storage import ask, heartbeat, worker_identity
+from ablation.study.storage import OptunaStudy, ask, heartbeat, worker_identity
 from ablation.study.trial import TrialOutcome, TrialSpec, run_trial
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
@@ -76,17 +76,32 @@ class SilentReporter:
         pass
 
 
+@dataclass(frozen=True)
+class RecordedParams:
+    """The params a trial's run records beside its factors: the study's identity."""
+
+    every_trial: dict[str, Any]  # training setting and data
+    pretrained: dict[str, Any]  # the weights a pretrained backbone stands on
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    """Where an invocation records its trials: the study's MLflow run and Optuna study."""
+
+    tracker: Tracker
+    parent_id: str  # the study's MLflow run
+    optuna: OptunaStudy
+
+
 @dataclass
 class Context:
-    """What every trial of one invocation shares."""
+    """What every trial of one invocation shares, and how far it has come."""
 
     sweep: Sweep
     images: Images
     images_folder: Path | None  # set when trials run in their own process: the decoded images
-    tracker: Tracker
-    parent_id: str
-    identity: dict[str, Any]  # params every trial run records
-    weights: dict[str, Any]  # params of the trials with a pretrained backbone
+    records: StudyRecords
+    params: RecordedParams
     reporter: Reporter
     total: int  # trials this invocation means to run
     spares: list[SpareProcesses] = field(default_factory=list)  # per worker, when isolated
@@ -177,7 +192,7 @@ def _run_trial(
     """Open the trial's MLflow run, train it (isolated or not), tell Optuna how it ended."""
     import optuna
 
-    sweep = context.sweep
+    sweep, records = context.sweep, context.records
     params = space.suggest(trial, sweep.space)
     seed = trial.user_attrs.get("seed")
     if seed is None:
@@ -188,23 +203,24 @@ def _run_trial(
     run_id: str | None = None
     started = time.perf_counter()
     try:
-        with heartbeat(study, trial._trial_id):
-            run_id = context.tracker.start_trial(
-                context.parent_id,
+        trial_id = records.optuna.trial_id(trial.number)
+        with heartbeat(records.optuna.storage, trial_id):
+            run_id = records.tracker.start_trial(
+                records.parent_id,
                 study_name=sweep.study.name,
                 number=trial.number,
                 name=label,
                 params=_trial_params(context, params, seed),
             )
             trial.set_user_attr("mlflow_run_id", run_id)
-            spec = TrialSpec(sweep, trial._trial_id, trial.number, params, seed, label, run_id)
+            spec = TrialSpec(sweep, trial_id, trial.number, params, seed, label, run_id)
             outcome = _train_trial(spec, context, spares).timed(time.perf_counter() - started)
     except BaseException as exc:  # interrupted, or the store failed: the trial did not happen
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if run_id is not None:
-            context.tracker.fail_trial(run_id, f"interrupted ({type(exc).__name__})", killed=True)
+            records.tracker.fail_trial(run_id, f"interrupted ({type(exc).__name__})", killed=True)
         raise
-    context.tracker.log_wall_time(run_id, outcome.wall_seconds, outcome.fixed_seconds)
+    records.tracker.log_wall_time(run_id, outcome.wall_seconds, outcome.fixed_seconds)
     _tell(study, trial, outcome)
     return outcome
 
@@ -217,8 +233,8 @@ def _trial_params(context: Context, params: Params, seed: int) -> dict[str, Any]
     computes_features = bool(plan.splits) or plan.train_per_epoch
     batch = context.sweep.feature_batch_size(configuration) if computes_features else None
     return {
-        **context.identity,
-        **(context.weights if configuration.pretrained else {}),
+        **context.params.every_trial,
+        **(context.params.pretrained if configuration.pretrained else {}),
         ParamName.PRECISION: context.sweep.train.dtype_policy(configuration),
         **({ParamName.FEATURE_BATCH_SIZE: batch} if batch is not None else {}),
         **params,

@@ -98,6 +98,10 @@ def log_keras_model(
         tags={**tags, "mlflow.source.name": "ablation"},
         params=dict(run.data.params),
     )
+    # Model.log takes no client or store: it writes through the fluent API's tracking URI.
+    # MLflow has no public way to point that at one store for one call without setting it
+    # for the whole process (which workers side by side would cross), hence its private
+    # context manager.
     with _use_tracking_uri(client.tracking_uri):
         info = Model.log(
             artifact_path=None,
@@ -187,7 +191,8 @@ def register(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        with _use_tracking_uri(client.tracking_uri):  # the store resolves models:/ through it
+        # The store resolves models:/ through the fluent tracking URI (no public per-call way).
+        with _use_tracking_uri(client.tracking_uri):
             version = client.create_model_version(
                 name, f"models:/{model_id}", run_id=run_id, tags=dict(tags), model_id=model_id
             )

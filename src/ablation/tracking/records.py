@@ -126,7 +126,6 @@ ARTIFACT_LOGGED_MODEL = "model"  # the trial's MLflow LoggedModel (Keras flavour
 # A trial's dataset inputs: the split (as Images names it) -> MLflow's dataset context.
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 DEFAULT_ALIAS = "champion"  # the alias `ablation.best --register` moves to its version
-ARTIFACT_DATA_DIR = "data"  # the study run's data pictures
 ARTIFACT_PRECISION_DIR = "precision_timing"  # the study run's precision: auto, one JSON per machine
 ARTIFACT_FEATURE_BATCH_DIR = "feature_batch_timing"  # its feature_batch_size: auto, the same
 ARTIFACT_CONFUSION = "confusion_matrix.json"  # test set: class_names, counts[true][predicted]
