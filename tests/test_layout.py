@@ -209,3 +209,13 @@ def readme_layers() -> list[list[str]]:
 
 def test_the_readme_shows_these_layers() -> None:
     assert readme_layers() == LAYERS
+
+
+def test_the_tests_mirror_the_package() -> None:
+    """Each sub-package's tests live in a folder of its name (the commands' in ``tests/``)."""
+    tests = REPO / "tests"
+    assert [p for p in SUBPACKAGES if not list((tests / p).glob("test_*.py"))] == []
+    folders = sorted(
+        p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+    )
+    assert folders == SUBPACKAGES

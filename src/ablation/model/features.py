@@ -21,7 +21,7 @@ callbacks as for the whole model). This lasts only while the backbone is frozen:
 fine-tuning's second phase trains the whole model.
 
 Nothing here changes what a trial means: the head sees exactly the tensors the
-full model would feed it (``tests/test_features.py`` checks the predictions and
+full model would feed it (``tests/model/test_features.py`` checks the predictions and
 the training curves).
 
 Example:
@@ -245,7 +245,7 @@ def epoch_orders(count: int, batch_size: int, seed: int) -> Iterator[np.ndarray]
 
     The dataset reshuffles at each new iterator of it, and Keras's ``fit`` makes one
     at each epoch's start and one more, unused, at its end: epoch k is the dataset's
-    iteration 2k (``tests/test_features.py`` checks this against ``fit`` itself).
+    iteration 2k (``tests/model/test_features.py`` checks this against ``fit`` itself).
     """
     dataset = train_dataset(np.arange(count), np.zeros(count, np.int32), batch_size, seed)
     while True:

@@ -3,7 +3,7 @@ once per machine and shape.
 
 The fast tests inject the timing (a fake ``measure``, counting its calls); the slow one
 times a real backbone in a spawned process (a real study's record is checked in
-``tests/test_precision.py``).
+``tests/autotune/test_precision.py``).
 """
 
 from __future__ import annotations

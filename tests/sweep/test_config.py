@@ -8,7 +8,7 @@ from ablation.errors import UserError
 from ablation.sweep.config import load_sweep
 from ablation.sweep.factors import Configuration
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BLOG = REPO / "sweeps" / "blog.yaml"
 
 MINIMAL = """
