@@ -9,12 +9,12 @@ or from Python::
     from ablation import load_sweep, run_sweep
     summary = run_sweep(load_sweep("sweeps/blog.yaml", overrides=["train.epochs=1"]))
 
-The data flow is the module layout: ``factors`` and ``config`` (sweep file) ->
-``space`` (search space) -> ``layout`` (the data folder) -> ``data`` (tf.data
-pipeline) -> ``models`` -> ``features`` -> ``training`` -> ``lineage`` and ``tracking``
-(MLflow) and ``storage`` (Optuna) -> ``trial`` -> ``isolation`` -> ``study`` -> ``run``
-(command line); then ``analysis`` -> ``tables`` -> ``report``, ``best`` and ``ui``.
-``records`` names what a trial comes to (its states, its MLflow record) for all of them.
+The data flow is the folder structure: ``sweep`` (the sweep file, its factors and
+search space) -> ``data`` (folders, decoded images, tf.data) -> ``model`` (builders,
+features, training) -> ``autotune`` (the machine's cores and timed settings) ->
+``tracking`` (MLflow's records) -> ``study`` (Optuna, trials, processes, workers) ->
+``results`` (reading a study back). The commands are ``run``, ``report``, ``best`` and
+``ui``; this module re-exports the public API, and nothing else re-exports.
 """
 
 from __future__ import annotations

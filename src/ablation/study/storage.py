@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from ablation.errors import UserError, first_line
 from ablation.files import locked
 from ablation.sweep.config import Sweep
-from ablation.sweep.stores import is_database, local_file
+from ablation.sweep.stores import dialect, is_database, local_file
 
 if TYPE_CHECKING:
     import optuna
@@ -71,7 +71,7 @@ def open_storage(
 
 
 def _engine_kwargs(url: str) -> dict[str, object]:
-    if url.startswith("postgresql"):
+    if dialect(url) == "postgresql":
         return {"connect_args": {"connect_timeout": 10}}
     return {}
 
@@ -85,7 +85,7 @@ def lock(storage: str, name: str) -> Iterator[None]:
     never collide or enqueue the same point twice.
     """
     key = int(hashlib.sha256(f"ablation:{name}".encode()).hexdigest()[:15], 16)
-    if storage.startswith("postgresql"):
+    if dialect(storage) == "postgresql":
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(
@@ -99,7 +99,7 @@ def lock(storage: str, name: str) -> Iterator[None]:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         engine.dispose()
         return
-    if storage.startswith("mysql"):
+    if dialect(storage) == "mysql":
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(

@@ -161,18 +161,18 @@ class Train(_Section):
         description="Keras's compute dtype policy, one for all backbones or one per backbone "
         "(a backbone left out: float32); the logits stay float32. auto: each backbone in the "
         "policy a few timed training steps found at least 10% faster than float32, else "
-        "float32; timed once per machine and shape (ablation.precision)",
+        "float32; timed once per machine and shape (ablation.autotune.precision)",
     )
     feature_batch_size: Literal["auto"] | PositiveInt | dict[BackboneName, PositiveInt] = Field(
         "auto",
         description="images per pass when a frozen backbone computes features (inference: "
         "the features do not depend on it, the speed does); auto: the fastest of a few "
-        "sizes, timed once per machine and backbone (ablation.feature_batch)",
+        "sizes, timed once per machine and backbone (ablation.autotune.feature_batch)",
     )
     cache_features: bool = Field(
         True,
         description="compute a frozen backbone's features once and train only the head on "
-        "them where that is exact (see ablation.features); false runs the whole model",
+        "them where that is exact (see ablation.model.features); false runs the whole model",
     )
 
     @field_validator("precision", mode="before")

@@ -9,6 +9,8 @@ Example:
     (True, True)
     >>> local_file("mlruns/optuna.journal"), is_database("mlruns/optuna.journal")
     (PosixPath('mlruns/optuna.journal'), False)
+    >>> dialect("postgresql+psycopg://u@db/optuna"), dialect("mlruns/optuna.journal")
+    ('postgresql', None)
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def sqlite_file(url: str) -> Path | None:
 def is_database(storage: str) -> bool:
     """Whether a ``study.storage`` is a database URL (else the path of a journal file)."""
     return "://" in storage
+
+
+def dialect(storage: str) -> str | None:
+    """A database URL's kind (``postgresql``, ``mysql``, ``sqlite``, the driver left out);
+    None for a journal file."""
+    return storage.split("://", 1)[0].split("+", 1)[0] if is_database(storage) else None
 
 
 def is_server(uri: str) -> bool:
