@@ -40,6 +40,7 @@ from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
 from ablation.model.builders import timing_network
 from ablation.sweep.config import Precision, PretrainedWeights, Sweep
 from ablation.sweep.factors import BackboneName, Configuration
+from ablation.sweep.space import backbones
 
 CANDIDATES = (8, 32, 128)
 """Images per pass timed: small enough for a CPU's caches, large enough for a GPU."""
@@ -77,15 +78,11 @@ class BackboneShape:
 
 def computed_shapes(sweep: Sweep) -> dict[str, BackboneShape]:
     """The pretrained backbones the space can produce, if their features are computed."""
-    factor = sweep.space.get("backbone")
-    backbones = (
-        factor.choice if factor is not None and factor.choice else [Configuration().backbone]
-    )
     shapes = {}
-    for backbone in backbones:
-        configuration = Configuration(backbone=backbone)  # type: ignore[arg-type]
+    for backbone in backbones(sweep.space):
+        configuration = Configuration(backbone=backbone)
         if configuration.pretrained and sweep.train.cache_features:
-            shapes[str(backbone)] = BackboneShape(
+            shapes[backbone] = BackboneShape(
                 configuration.backbone,
                 tuple(sweep.data.image_size),  # type: ignore[arg-type]
                 sweep.model.alpha,
@@ -121,7 +118,7 @@ def _valid(entry: dict[str, Any]) -> bool:
 
 
 FEATURE_BATCH = AutoSetting(
-    field="feature_batch_size",
+    train_field="feature_batch_size",
     shapes=computed_shapes,
     decide=_decision,
     fallback={"batch_size": CANDIDATES[1]},

@@ -41,6 +41,7 @@ from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
 from ablation.model.builders import timing_network
 from ablation.sweep.config import Precision, PretrainedWeights, Sweep
 from ablation.sweep.factors import BackboneName, Configuration, is_one_of
+from ablation.sweep.space import backbones
 
 MARGIN = 0.10
 """A policy other than float32 is picked only if its step takes at least 10% less time:
@@ -94,15 +95,11 @@ def timed_shapes(sweep: Sweep) -> dict[str, Shape]:
     >>> [shape.key for shape in timed_shapes(load_sweep("sweeps/blog.yaml")).values()]
     ['cnn 160x160 batch 32 augment', 'mobilenet_v2 160x160 batch 32 alpha 1 augment']
     """
-    factor = sweep.space.get("backbone")
-    backbones = (
-        factor.choice if factor is not None and factor.choice else [Configuration().backbone]
-    )
     shapes = {}
-    for backbone in backbones:
-        pretrained = Configuration(backbone=backbone).pretrained  # type: ignore[arg-type]
-        shapes[str(backbone)] = Shape(
-            backbone,  # type: ignore[arg-type]
+    for backbone in backbones(sweep.space):
+        pretrained = Configuration(backbone=backbone).pretrained
+        shapes[backbone] = Shape(
+            backbone,
             tuple(sweep.data.image_size),  # type: ignore[arg-type]
             sweep.data.batch_size,
             augment=_may_augment(sweep, backbone),
@@ -146,7 +143,7 @@ def _valid(entry: dict[str, Any]) -> bool:
 
 
 PRECISION = AutoSetting(
-    field="precision",
+    train_field="precision",
     shapes=timed_shapes,
     decide=_decision,
     fallback={"policy": "float32"},

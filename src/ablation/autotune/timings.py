@@ -139,17 +139,17 @@ class AutoSetting(Generic[S]):
     """A sweep setting whose ``auto`` is decided by timing this machine, once.
 
     Args:
-        field: The ``train`` field whose ``auto`` this decides, e.g. ``precision``.
+        train_field: The ``train`` field whose ``auto`` this decides, e.g. ``precision``.
         shapes: What to time for a sweep: ``{backbone: shape}`` (none: nothing to decide).
         decide: A shape's decision (a JSON-able dict) from its timing.
         fallback: The decision where the timing fails (not cached): its one key names the
             decided value in every decision (e.g. ``{"policy": "float32"}``).
         valid: Whether a cached decision can be used (else it is timed again).
         notes: Added to the record of the decisions (e.g. the margin a policy had to win by).
-        cache_file: The cache file's name in ``data.cache_dir`` (default ``FIELD.json``).
+        cache_file: The cache file's name in ``data.cache_dir`` (default ``TRAIN_FIELD.json``).
     """
 
-    field: str
+    train_field: str
     shapes: Callable[[Sweep], dict[str, S]]
     decide: Callable[[Any], dict[str, Any]]
     fallback: dict[str, Any]
@@ -159,7 +159,7 @@ class AutoSetting(Generic[S]):
 
     @property
     def name(self) -> str:
-        return f"{self.field}: auto"
+        return f"{self.train_field}: auto"
 
     @property
     def chosen(self) -> str:
@@ -168,7 +168,7 @@ class AutoSetting(Generic[S]):
 
     @property
     def cache_name(self) -> str:
-        return self.cache_file or f"{self.field}.json"
+        return self.cache_file or f"{self.train_field}.json"
 
 
 def resolve(
@@ -189,7 +189,7 @@ def resolve(
     ``setting.fallback``, not cached.
     """
     shapes = setting.shapes(sweep)
-    if getattr(sweep.train, setting.field) != "auto" or not shapes:
+    if getattr(sweep.train, setting.train_field) != "auto" or not shapes:
         return sweep, {}
     machine = machine_identity(threads)
     cache = Path(sweep.data.cache_dir) / setting.cache_name if sweep.data.cache_dir else None
@@ -198,7 +198,7 @@ def resolve(
     )
     backbones = {b: {"shape": s.key, **decided[s.key]} for b, s in shapes.items()}
     chosen = {backbone: entry[setting.chosen] for backbone, entry in backbones.items()}
-    train = sweep.train.model_copy(update={setting.field: chosen})
+    train = sweep.train.model_copy(update={setting.train_field: chosen})
     record = {"machine": machine, "backbones": backbones, **setting.notes}
     return sweep.model_copy(update={"train": train}), record
 

@@ -98,11 +98,9 @@ def _precision(sweep: Sweep) -> str:
         return ""
     if sweep.train.precision == "auto":
         return "; precision: auto (timed once per machine when the study runs)"
-    searched = sweep.space.get("backbone")
-    backbones = searched.choice if searched and searched.choice else [Configuration().backbone]
     policies = ", ".join(
-        f"{backbone} in {sweep.train.dtype_policy(space.configuration({'backbone': backbone}))}"
-        for backbone in backbones
+        f"{backbone} in {sweep.train.dtype_policy(Configuration(backbone=backbone))}"
+        for backbone in space.backbones(sweep.space)
     )
     return f"; {policies}"
 
