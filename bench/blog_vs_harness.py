@@ -84,7 +84,7 @@ def blog_recipe(data: Path, epochs: int, seed: int) -> tuple[dict[str, tuple[flo
     test_dataset = test_dataset.prefetch(tf.data.AUTOTUNE)
 
     def augmentation() -> keras.Sequential:
-        return keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.2)])
+        return keras.Sequential([layers.RandomFlip(), layers.RandomRotation(0.2)])
 
     def preprocessor() -> keras.Model:
         i = keras.Input(shape=(160, 160, 3))
@@ -99,7 +99,6 @@ def blog_recipe(data: Path, epochs: int, seed: int) -> tuple[dict[str, tuple[flo
             layers.Conv2D(64, (3, 3), activation="relu"),
             layers.Flatten(),
             layers.Dropout(0.2),
-            layers.Dense(64, activation="relu"),
             layers.Dense(2),
         ]
 

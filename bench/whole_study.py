@@ -67,9 +67,10 @@ def recipe_seconds(data: Path, configuration: dict, epochs: int) -> tuple[float,
     validation = validation.skip(test_batches).prefetch(tf.data.AUTOTUNE)
     stack: list = [keras.Input(shape=(*size, 3))]
     if configuration["preprocess"] == "mobilenet_v2":
-        stack.append(layers.Rescaling(1.0 / 127.5, offset=-1.0))
+        i = keras.Input(shape=(*size, 3))  # the blog's preprocessor
+        stack.append(keras.Model(i, keras.applications.mobilenet_v2.preprocess_input(i)))
     if configuration["augment"]:
-        stack += [layers.RandomFlip("horizontal"), layers.RandomRotation(configuration["rotation"])]
+        stack += [layers.RandomFlip(), layers.RandomRotation(configuration["rotation"])]
     if configuration["backbone"] == "cnn":
         stack += [
             layers.Conv2D(32, 3, activation="relu"),
@@ -79,7 +80,6 @@ def recipe_seconds(data: Path, configuration: dict, epochs: int) -> tuple[float,
             layers.Conv2D(64, 3, activation="relu"),
             layers.Flatten(),
             layers.Dropout(0.2),
-            layers.Dense(64, activation="relu"),
             layers.Dense(2),
         ]
     else:

@@ -42,8 +42,9 @@ def test_blog_sweep_is_the_blog_setting() -> None:
     assert sweep.data.image_size == (160, 160) and sweep.data.batch_size == 32
     assert (sweep.train.optimizer, sweep.train.epochs) == ("adam", 20)
     assert sweep.data.source.endswith("cats_and_dogs_filtered.zip")
-    assert set(sweep.space) == {"augment", "rotation", "preprocess", "backbone"}
+    assert set(sweep.space) == {"augment", "rotation", "flip", "preprocess", "backbone"}
     assert sweep.space["rotation"].when == {"augment": True}
+    assert sweep.space["flip"].choice == ["horizontal_and_vertical"]  # the blog's RandomFlip()
 
 
 def test_defaults_fill_unnamed_sections(tmp_path: Path) -> None:
@@ -101,8 +102,8 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
         (["space.augment.choice=[true, true]"], "value True is listed twice"),
         (["space.depth.choice=[1]"], "unknown factor 'depth'; allowed: backbone, preprocess"),
         (
-            ["space.rotation.when={flip: true}"],
-            "rotation.when names 'flip', which is not in the space",
+            ["space.rotation.when={pooling: max}"],
+            "rotation.when names 'pooling', which is not in the space",
         ),
         (
             ["space.rotation.when={augment: maybe}"],

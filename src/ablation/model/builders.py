@@ -13,7 +13,8 @@ backbone, and a head with one logit per class::
     True
 
 Backbones:
-    cnn: the blog's small CNN (three 3x3 convolutions, two max-poolings, dropout, two dense).
+    cnn: the blog's small CNN (three 3x3 convolutions, two max-poolings, flatten, dropout,
+        Dense(num_classes)).
     mobilenet_v2: MobileNetV2 with frozen ImageNet weights (run in inference mode),
         global max (or average) pooling, dropout, Dense(num_classes). Fine-tuning
         unfreezes its top layers afterwards (:func:`unfreeze_top`).
@@ -188,7 +189,7 @@ def _apply(layers: list[Any], x: Any) -> Any:
 
 
 def _small_cnn(configuration: Configuration, seed: int | None) -> list[Any]:
-    """The blog's CNN up to its logits."""
+    """The blog's CNN up to its logits (``Dense(num_classes)``, added by the caller)."""
     from keras import layers
 
     return [
@@ -199,12 +200,12 @@ def _small_cnn(configuration: Configuration, seed: int | None) -> list[Any]:
         layers.Conv2D(64, 3, activation="relu", name="conv2d_2"),
         layers.Flatten(name="flatten"),
         layers.Dropout(configuration.dropout, seed=seed, name="dropout"),
-        layers.Dense(64, activation="relu", name="dense"),
     ]
 
 
 def augmentation(configuration: Configuration, seed: int | None = None) -> keras.Sequential:
-    """The blog's augmentation: a random flip, then a random rotation."""
+    """The blog's augmentation: a random flip (the blog's ``RandomFlip()``: horizontal and
+    vertical, by default), then a random rotation."""
     import keras
     from keras import layers
 

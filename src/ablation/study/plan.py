@@ -8,7 +8,7 @@ Example:
     study 'blog': grid of 12 configuration(s) x 1 seed(s) = 12 trial(s), 20 epoch(s) each ...
     >>> print(next(line for line in lines if "model3" in line))
       cnn+aug(0.2)+prep    backbone=cnn augment=True rotation=0.2
-      preprocess=mobilenet_v2  [model3]
+      flip=horizontal_and_vertical preprocess=mobilenet_v2  [model3]
 """
 
 from __future__ import annotations

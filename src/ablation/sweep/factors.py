@@ -48,7 +48,9 @@ class Configuration(BaseModel):
     backbone: BackboneName = "cnn"
     preprocess: Literal["none", "mobilenet_v2"] = "none"
     augment: bool = False
-    flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] = Field(
+        "horizontal_and_vertical", description="the blog's RandomFlip(): Keras's default mode"
+    )
     rotation: float = Field(0.2, ge=0.0, le=1.0, description="fraction of a full turn")
     # Beyond the blog; each default is the blog's model.
     pooling: Literal["max", "avg"] = Field("max", description="MobileNetV2's global pooling")

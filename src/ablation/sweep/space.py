@@ -158,7 +158,7 @@ def label(params: Mapping[str, Any], seed: int | None = None) -> str:
     config = configuration(params)
     parts = [config.backbone]
     if config.augment:
-        flip = "" if config.flip == "horizontal" else f",{config.flip}"
+        flip = "" if config.flip == Configuration().flip else f",{config.flip}"
         parts.append(f"aug({config.rotation:.3g}{flip})")
     if config.preprocess != "none":
         parts.append("prep")
