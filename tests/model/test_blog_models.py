@@ -25,44 +25,50 @@ def blog_models() -> dict[str, Any]:
 
     IMG_SIZE = (160, 160)  # noqa: N806 - the blog's names
 
-    model1 = tf.keras.Sequential([
-        layers.Conv2D(32, (3, 3), activation="relu", input_shape=(160, 160, 3)),
-        layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(64, (3, 3), activation="relu"),
-        layers.Flatten(),
-        layers.Dropout(0.2),
-        layers.Dense(2),
-    ])
-    model2 = tf.keras.Sequential([
-        layers.RandomFlip(),
-        layers.RandomRotation(0.2),
-        layers.Conv2D(32, (3, 3), activation="relu", input_shape=(160, 160, 3)),
-        layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(64, (3, 3), activation="relu"),
-        layers.Flatten(),
-        layers.Dropout(0.2),
-        layers.Dense(2),
-    ])
+    model1 = tf.keras.Sequential(
+        [
+            layers.Conv2D(32, (3, 3), activation="relu", input_shape=(160, 160, 3)),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(32, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.Flatten(),
+            layers.Dropout(0.2),
+            layers.Dense(2),
+        ]
+    )
+    model2 = tf.keras.Sequential(
+        [
+            layers.RandomFlip(),
+            layers.RandomRotation(0.2),
+            layers.Conv2D(32, (3, 3), activation="relu", input_shape=(160, 160, 3)),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(32, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.Flatten(),
+            layers.Dropout(0.2),
+            layers.Dense(2),
+        ]
+    )
     i = tf.keras.Input(shape=(160, 160, 3))
     x = tf.keras.applications.mobilenet_v2.preprocess_input(i)
     preprocessor = tf.keras.Model(inputs=[i], outputs=x)
-    model3 = tf.keras.Sequential([
-        preprocessor,
-        layers.RandomFlip(),
-        layers.RandomRotation(0.2),
-        layers.Conv2D(32, (3, 3), activation="relu", input_shape=(160, 160, 3)),
-        layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(32, (3, 3), activation="relu"),
-        layers.MaxPooling2D((2, 2)),
-        layers.Conv2D(64, (3, 3), activation="relu"),
-        layers.Flatten(),
-        layers.Dropout(0.2),
-        layers.Dense(2),
-    ])
+    model3 = tf.keras.Sequential(
+        [
+            preprocessor,
+            layers.RandomFlip(),
+            layers.RandomRotation(0.2),
+            layers.Conv2D(32, (3, 3), activation="relu", input_shape=(160, 160, 3)),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(32, (3, 3), activation="relu"),
+            layers.MaxPooling2D((2, 2)),
+            layers.Conv2D(64, (3, 3), activation="relu"),
+            layers.Flatten(),
+            layers.Dropout(0.2),
+            layers.Dense(2),
+        ]
+    )
     IMG_SHAPE = IMG_SIZE + (3,)  # noqa: N806
     base_model = tf.keras.applications.MobileNetV2(
         input_shape=IMG_SHAPE, include_top=False, weights="imagenet"
@@ -71,15 +77,17 @@ def blog_models() -> dict[str, Any]:
     i = tf.keras.Input(shape=IMG_SHAPE)
     x = base_model(i, training=False)
     base_model_layer = tf.keras.Model(inputs=[i], outputs=x)
-    model4 = tf.keras.Sequential([
-        preprocessor,
-        layers.RandomFlip(),
-        layers.RandomRotation(0.2),
-        base_model_layer,
-        layers.GlobalMaxPooling2D(),
-        layers.Dropout(0.2),
-        layers.Dense(2),
-    ])
+    model4 = tf.keras.Sequential(
+        [
+            preprocessor,
+            layers.RandomFlip(),
+            layers.RandomRotation(0.2),
+            base_model_layer,
+            layers.GlobalMaxPooling2D(),
+            layers.Dropout(0.2),
+            layers.Dense(2),
+        ]
+    )
     models = {"model1": model1, "model2": model2, "model3": model3, "model4": model4}
     for model in models.values():
         model.build((None, *IMG_SHAPE))
@@ -107,9 +115,7 @@ def the_blogs() -> dict[str, Any]:
 @pytest.mark.parametrize("name", sorted(BLOG_MODELS))
 def test_the_harness_builds_the_blogs_model(name: str, the_blogs: dict[str, Any]) -> None:
     blog = the_blogs[name]
-    ours = build_model(
-        configuration(BLOG_MODELS[name]), image_size=(160, 160), num_classes=2
-    ).model
+    ours = build_model(configuration(BLOG_MODELS[name]), image_size=(160, 160), num_classes=2).model
     assert leaf_types(ours) == leaf_types(blog)
     assert ours.count_params() == blog.count_params()
     if name != "model4":

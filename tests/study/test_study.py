@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
 from ablation.data.images import load_images
+from ablation.tracking.predictions import read_predictions
 from conftest import SMALL_WEIGHTS, load_study
 
 pytestmark = pytest.mark.slow  # real training on real photos
@@ -124,6 +125,7 @@ def test_child_runs_hold_params_curves_test_accuracy_and_artifacts(finished_stud
             "confusion_matrix.json",
             "confusion_matrix.png",
             "model.keras",
+            "test_predictions.csv",
         }
 
 
@@ -202,3 +204,45 @@ space:
     runs = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'trial'")
     rates = sorted(float(run.data.params["learning_rate"]) for run in runs)
     assert len(rates) == 3 and 0.002 in rates  # the trial's factor, not train.learning_rate
+
+
+def test_each_trial_records_every_test_images_prediction(finished_study) -> None:  # type: ignore[no-untyped-def]
+    workdir, _, sweep, _ = finished_study
+    client = mlflow_client(workdir)
+    images = load_images(sweep.data)
+    for run in child_runs(client):
+        text = Path(
+            client.download_artifacts(run.info.run_id, "test_predictions.csv", str(workdir))
+        )
+        predictions = read_predictions(text.read_text())
+        assert len(predictions.paths) == len(images.y_test) == len(set(predictions.paths))
+        assert predictions.class_names == ("cats", "dogs")
+        for path, true_class in zip(predictions.paths, predictions.true_class, strict=True):
+            assert (Path(sweep.data.source) / path).is_file()
+            assert Path(path).parent.name == true_class
+        assert [images.class_names.index(c) for c in predictions.true_class] == list(images.y_test)
+        np.testing.assert_allclose(predictions.probabilities.sum(axis=1), 1.0, atol=1e-4)
+        assert predictions.correct.mean() == pytest.approx(run.data.metrics["test_accuracy"])
+        assert run.data.tags["ablation.collapsed"] in ("true", "false")
+
+
+def test_a_network_that_died_is_tagged_collapsed(small_data: Path, tmp_path: Path) -> None:
+    """Raw pixels at a learning rate of 1.0: the ReLUs die, the network says 'cats' to all."""
+    sweep_path = tmp_path / "sweep.yaml"
+    sweep_path.write_text(
+        f"study: {{name: dead, sampler: grid, seeds: [0]}}\n"
+        f"data: {{source: {small_data}, image_size: [64, 64], batch_size: 8}}\n"
+        "train: {epochs: 2, learning_rate: 1.0, patience: null, precision: float32}\n"
+        "space: {backbone: {choice: [cnn]}}\n"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        run_sweep(load_sweep(sweep_path))
+    client = mlflow_client(tmp_path)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("dead").experiment_id], "tags.`ablation.role` = 'trial'"
+    )
+    assert run.data.tags["ablation.collapsed"] == "true"
+    assert run.data.tags["ablation.collapse_reason"].endswith("of the test images")
+    text = client.download_artifacts(run.info.run_id, "test_predictions.csv", str(tmp_path))
+    assert len(set(read_predictions(Path(text).read_text()).predicted_class)) == 1

@@ -47,6 +47,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,7 @@ class Images:
     source: str
     folder: Path | None = None  # where these decoded images are saved, if they are
     layout: str = "train+validation"
+    test_paths: tuple[str, ...] = ()  # each test image's file, relative to the data folder
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """The images and labels of one of :data:`SPLITS`."""
@@ -142,6 +144,7 @@ def decode(paths: list[Path], image_size: tuple[int, int]) -> tuple[np.ndarray, 
 _CACHE: dict[str, Images] = {}
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 _META = "meta.json"
+_FORMAT = 2  # of a cache folder: 2 added the test images' paths
 
 
 def write_images(images: Images, path: Path) -> None:
@@ -153,14 +156,14 @@ def write_images(images: Images, path: Path) -> None:
     with building(path, done=_META) as partial:
         for name in _ARRAYS:
             np.save(partial / f"{name}.npy", getattr(images, name))
-        _write_meta(partial, images.class_names, images.fingerprint, images.source, images.layout)
+        _write_meta(partial, images)
 
 
 def read_images(path: Path) -> Images:
     """The images saved in the folder ``path``, memory-mapped (read-only, shared between
     the processes that read them); the labels are read into memory."""
     meta = json.loads((path / _META).read_text())
-    arrays = {
+    arrays: dict[str, Any] = {
         name: np.load(path / f"{name}.npy", mmap_mode="r" if name.startswith("x_") else None)
         for name in _ARRAYS
     }
@@ -170,6 +173,7 @@ def read_images(path: Path) -> Images:
         source=meta["source"],
         folder=path,
         layout=meta["layout"],
+        test_paths=tuple(meta["test_paths"]),
         **arrays,
     )
 
@@ -179,6 +183,7 @@ def cache_folder(config: Data, listing: Listing) -> Path | None:
     if config.cache_dir is None:
         return None
     identity = (
+        _FORMAT,
         listing.fingerprint(),
         config.image_size,
         config.test_fraction,
@@ -214,10 +219,11 @@ def load_images(config: Data) -> Images:
         _CACHE[key] = read_images(cached)
         return _CACHE[key]
     folders = _decode_folders(config, listing, into=None)
-    labels = {folder: y for folder, (_, y) in folders.items()}
+    labels = {folder: decoded.y for folder, decoded in folders.items()}
+    splits = _split(config, listing, labels)
     arrays = {}
-    for split, (folder, index) in _split(config, listing, labels).items():
-        x, y = folders[folder]
+    for split, (folder, index) in splits.items():
+        x, y = folders[folder].x, folders[folder].y
         whole = np.array_equal(index, np.arange(len(y)))  # the whole folder: no copy
         arrays[f"x_{split}"], arrays[f"y_{split}"] = (x, y) if whole else (x[index], y[index])
     _CACHE[key] = Images(
@@ -225,6 +231,7 @@ def load_images(config: Data) -> Images:
         fingerprint=listing.fingerprint(),
         source=redact(config.source),
         layout=layout,
+        test_paths=_test_paths(folders, splits),
         **arrays,
     )
     return _CACHE[key]
@@ -234,33 +241,58 @@ def _decode_to_folder(config: Data, listing: Listing, path: Path) -> None:
     """Decode the images and save them as the folder ``path``, a batch and a chunk at a time."""
     with building(path, done=_META) as partial:
         folders = _decode_folders(config, listing, into=partial)
-        labels = {folder: y for folder, (_, y) in folders.items()}
-        for split, (folder, index) in _split(config, listing, labels).items():
+        labels = {folder: decoded.y for folder, decoded in folders.items()}
+        splits = _split(config, listing, labels)
+        for split, (folder, index) in splits.items():
             gather(_decoded_file(partial, folder), index, partial / f"x_{split}.npy")
             np.save(partial / f"y_{split}.npy", labels[folder][index])
         for folder in folders:
             _decoded_file(partial, folder).unlink()
-        source = redact(config.source)  # kept in the cache folder: never a password
-        _write_meta(partial, listing.class_names, listing.fingerprint(), source, listing.layout)
+        meta = Images(
+            class_names=listing.class_names,
+            fingerprint=listing.fingerprint(),
+            source=redact(config.source),  # kept in the cache folder: never a password
+            layout=listing.layout,
+            test_paths=_test_paths(folders, splits),
+            **{name: np.empty(0) for name in _ARRAYS},
+        )
+        _write_meta(partial, meta)
 
 
-def _write_meta(
-    folder: Path, class_names: list[str], fingerprint: str, source: str, layout: str
-) -> None:
-    meta = {"class_names": class_names, "fingerprint": fingerprint, "source": source}
-    (folder / _META).write_text(json.dumps({**meta, "layout": layout}, ensure_ascii=False))
+def _write_meta(folder: Path, images: Images) -> None:
+    meta = {
+        "class_names": images.class_names,
+        "fingerprint": images.fingerprint,
+        "source": images.source,
+        "layout": images.layout,
+        "test_paths": list(images.test_paths),
+    }
+    (folder / _META).write_text(json.dumps(meta, ensure_ascii=False))
 
 
-Pair = tuple[np.ndarray, np.ndarray]
+@dataclass(frozen=True)
+class Decoded:
+    """One folder's readable images, their labels and their files (relative to the data)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[str]
 
 
-def _decode_folders(config: Data, listing: Listing, into: Path | None) -> dict[str, Pair]:
+def _test_paths(
+    folders: dict[str, Decoded], splits: dict[str, tuple[str, np.ndarray]]
+) -> tuple[str, ...]:
+    folder, index = splits["test"]
+    return tuple(folders[folder].paths[i] for i in index)
+
+
+def _decode_folders(config: Data, listing: Listing, into: Path | None) -> dict[str, Decoded]:
     """Each folder's decoded images and labels; unreadable files skipped and named.
 
     With ``into``, each folder's images are decoded into a ``.npy`` file there, a
     batch at a time, and come back as a read-only map of it; else into memory.
     """
-    arrays: dict[str, Pair] = {}
+    arrays: dict[str, Decoded] = {}
     bad = list(listing.skipped)
     for folder in LAYOUTS[listing.layout]:
         paths = [p for p, _ in listing.files[folder]]
@@ -270,13 +302,19 @@ def _decode_folders(config: Data, listing: Listing, into: Path | None) -> dict[s
         else:
             x, failed = _decode_file(paths, config.image_size, _decoded_file(into, folder))
         bad += [paths[i] for i in failed]
-        arrays[folder] = x, np.delete(labels, failed)
+        unreadable = set(failed)
+        kept = [
+            p.relative_to(listing.root).as_posix()
+            for i, p in enumerate(paths)
+            if i not in unreadable
+        ]
+        arrays[folder] = Decoded(x, np.delete(labels, failed), kept)
     if bad:
         names = ", ".join(str(p.relative_to(listing.root)) for p in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         log.warning("skipped %d file(s) that are not readable images: %s%s", len(bad), names, more)
-    for folder, (_, y) in arrays.items():
-        missing = [n for i, n in enumerate(listing.class_names) if not np.any(y == i)]
+    for folder, decoded in arrays.items():
+        missing = [n for i, n in enumerate(listing.class_names) if not np.any(decoded.y == i)]
         if missing:
             where = f"{folder}/" if folder else str(listing.root / missing[0])
             raise UserError(f"data: no readable images of class {missing[0]!r} in {where}")

@@ -67,13 +67,24 @@ class TrainingResult:
     cached_splits: tuple[str, ...]  # the splits that went through cached backbone features
     features_per_epoch: bool  # the training set's augmented features, computed per epoch
     network: Network
+    # the kept model's probability of each class (softmax of its logits) for each test image
+    test_probabilities: np.ndarray
     fine_tune_from: int | None = None  # 0-based: the first epoch of the fine-tuning phase
-    test_predictions: np.ndarray | None = None  # the kept model's class for each test image
 
     @property
     def model(self) -> keras.Model:
         """The trained model: raw images in, logits out."""
         return self.network.model
+
+    @property
+    def test_predictions(self) -> np.ndarray:
+        """The kept model's class for each test image."""
+        return np.argmax(self.test_probabilities, axis=1)
+
+    @property
+    def last_loss(self) -> float:
+        """The training loss of the last epoch run."""
+        return float(self.history["loss"][-1])
 
     @property
     def best_val_accuracy(self) -> float:
@@ -135,12 +146,12 @@ def train(
         history, kept = _fine_tune(fit, history, kept)
     tested = network.head if plan.tests_through_head else network.model
     x_test = features["test"] if plan.tests_through_head else images.x_test
-    test_loss, predictions = _test(tested, x_test, images.y_test, sweep.data.batch_size)
+    test_loss, probabilities = _test(tested, x_test, images.y_test, sweep.data.batch_size)
     return TrainingResult(
         history=history,
         model_val_accuracy=history["val_accuracy"][kept],
         val_loss=history["val_loss"][kept],
-        test_accuracy=float(np.mean(predictions == images.y_test)),
+        test_accuracy=float(np.mean(np.argmax(probabilities, axis=1) == images.y_test)),
         test_loss=test_loss,
         epochs_run=len(history["loss"]),
         kept_epoch=kept,
@@ -150,7 +161,7 @@ def train(
         features_per_epoch=plan.train_per_epoch,
         network=network,
         fine_tune_from=fine_tune_from,
-        test_predictions=predictions,
+        test_probabilities=probabilities,
     )
 
 
@@ -158,12 +169,13 @@ def _test(
     model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int
 ) -> tuple[float, np.ndarray]:
     """The test loss (the compiled loss, as ``evaluate`` gives it) and each image's
-    predicted class, from one pass over the test set (``evaluate`` would be a second)."""
+    class probabilities, from one pass over the test set (``evaluate`` would be a second)."""
     import keras
 
     logits = model.predict(eval_dataset(x, y, batch_size), verbose=0).astype("float32")
     loss = keras.ops.mean(model.loss(keras.ops.convert_to_tensor(y), logits))
-    return float(keras.ops.convert_to_numpy(loss)), np.argmax(logits, axis=1)
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    return float(keras.ops.convert_to_numpy(loss)), probabilities
 
 
 def _build(configuration: Configuration, seed: int, sweep: Sweep, num_classes: int) -> Network:

@@ -26,6 +26,7 @@ from ablation.sweep.factors import Params
 from ablation.sweep.space import configuration
 from ablation.tracking.confusion import class_accuracies, confusion_counts
 from ablation.tracking.figures import accuracy_curves, confusion_matrix
+from ablation.tracking.predictions import collapse_reason, predictions_csv
 from ablation.tracking.records import MetricName, TagName, TrialState, class_metric
 from ablation.tracking.tracker import Tracker
 
@@ -167,6 +168,12 @@ def _record_completed(
     tags = {TagName.CACHED_FEATURES: ",".join(result.cached_splits) or "none"}
     if result.features_per_epoch:
         tags[TagName.FEATURES_PER_EPOCH] = "true"
+    reason = collapse_reason(
+        result.test_predictions.tolist(), images.class_names, last_loss=result.last_loss
+    )
+    tags[TagName.COLLAPSED] = "true" if reason else "false"
+    if reason:
+        tags[TagName.COLLAPSE_REASON] = reason
     tracker.complete_trial(
         spec.run_id,
         final_metrics(result),
@@ -196,7 +203,8 @@ def final_metrics(result: TrainingResult) -> dict[str, float]:
 def _record_test_classes(
     tracker: Tracker, spec: TrialSpec, images: Images, result: TrainingResult
 ) -> None:
-    """Each class's test accuracy (recall) and the test set's confusion matrix, in MLflow."""
+    """Each class's test accuracy (recall), the test set's confusion matrix and each test
+    image's prediction, in MLflow."""
     names = images.class_names
     counts = confusion_counts(images.y_test.tolist(), result.test_predictions.tolist(), len(names))
     metrics = {
@@ -206,4 +214,7 @@ def _record_test_classes(
     }
     figure = confusion_matrix(counts, names, f"{spec.label}: test set")
     confusion = {"class_names": names, "counts": counts, "rows": "true", "columns": "predicted"}
-    tracker.log_test_classes(spec.run_id, metrics, confusion, figure)
+    predictions = predictions_csv(
+        images.test_paths, images.y_test.tolist(), result.test_probabilities, names
+    )
+    tracker.log_test_classes(spec.run_id, metrics, confusion, figure, predictions)

@@ -103,6 +103,8 @@ class TagName:
     THREADS = (
         "ablation.threads"  # the trial process's TensorFlow intra-/inter-op and tf.data threads
     )
+    COLLAPSED = "ablation.collapsed"  # "true" or "false" (:mod:`ablation.tracking.predictions`)
+    COLLAPSE_REASON = "ablation.collapse_reason"  # why, where COLLAPSED is "true"
     ERROR = "error"
     PARENT = "mlflow.parentRunId"
     # On a trial's logged model and on a registered model version:
@@ -130,6 +132,7 @@ ARTIFACT_PRECISION_DIR = "precision_timing"  # the study run's precision: auto, 
 ARTIFACT_FEATURE_BATCH_DIR = "feature_batch_timing"  # its feature_batch_size: auto, the same
 ARTIFACT_CONFUSION = "confusion_matrix.json"  # test set: class_names, counts[true][predicted]
 ARTIFACT_CONFUSION_PLOT = "confusion_matrix.png"
+ARTIFACT_PREDICTIONS = "test_predictions.csv"  # one row per test image (tracking.predictions)
 
 
 @dataclass(frozen=True)
@@ -148,3 +151,9 @@ class TrialRecord:
     seconds: float = 0.0
     val_curve: tuple[float, ...] = ()
     metrics: Mapping[str, float] = field(default_factory=dict)  # every metric's last value
+    collapse_reason: str | None = None  # why the trained network counts as collapsed
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether the network predicts (nearly) one class, or learned nothing."""
+        return self.collapse_reason is not None

@@ -43,6 +43,7 @@ from ablation.tracking.records import (
     ARTIFACT_CONFUSION_PLOT,
     ARTIFACT_CURVES,
     ARTIFACT_MODEL,
+    ARTIFACT_PREDICTIONS,
     ARTIFACT_REPORT_DIR,
     ARTIFACT_SWEEP,
     ROLE_STUDY,
@@ -225,12 +226,19 @@ class Tracker:
         return register(self.client, run_id, name, alias=alias, tags=tags)
 
     def log_test_classes(
-        self, run_id: str, metrics: Mapping[str, float], confusion: dict, figure: Figure
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        confusion: dict,
+        figure: Figure,
+        predictions: str,
     ) -> None:
-        """Log a trial's per-class test metrics and its confusion matrix (JSON and PNG)."""
+        """Log a trial's per-class test metrics, its confusion matrix (JSON and PNG) and
+        each test image's prediction (CSV)."""
         self._log_metrics(run_id, metrics, step=0)
         self.client.log_dict(run_id, confusion, ARTIFACT_CONFUSION)
         self.client.log_figure(run_id, figure, ARTIFACT_CONFUSION_PLOT)
+        self.client.log_text(run_id, predictions, ARTIFACT_PREDICTIONS)
 
     def log_wall_time(self, run_id: str, wall_seconds: float, fixed_seconds: float) -> None:
         """A finished trial's wall time as the study saw it, and the part outside training."""
@@ -352,6 +360,11 @@ class Tracker:
             seconds=float(metrics.get(MetricName.TRAIN_SECONDS, 0.0)),
             val_curve=curve,
             metrics=dict(metrics),
+            collapse_reason=(
+                tags.get(TagName.COLLAPSE_REASON, "collapsed")
+                if tags.get(TagName.COLLAPSED) == "true"
+                else None
+            ),
         )
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
