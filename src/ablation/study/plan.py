@@ -21,8 +21,9 @@ from ablation.sweep.factors import Configuration, Params
 
 
 def grid_points(sweep: Sweep) -> list[tuple[Params, int]]:
-    """Every (configuration, seed) pair a grid study runs, each once."""
-    return [(params, seed) for params in space.grid(sweep.space) for seed in sweep.study.seeds]
+    """Every (configuration, seed) pair a grid study runs, each once: seed by seed, so that
+    a study stopped early has every configuration with its first seeds."""
+    return [(params, seed) for seed in sweep.study.seeds for params in space.grid(sweep.space)]
 
 
 def plan(sweep: Sweep) -> list[str]:
