@@ -35,6 +35,27 @@ os.environ["KERAS_HOME"] = str(_KERAS_HOME)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def need_chromium() -> None:
+    """Skip (fail in CI) a browser test where Chromium is missing; checked when the test
+    runs, not when it is collected: `-m "not slow"` needs no browser."""
+    if not Path(CHROMIUM).exists():
+        message = "the browser test needs Chromium (Debian: apt-get install chromium)"
+        if os.environ.get("CI"):
+            raise RuntimeError(message)  # in CI a missing browser is a failure, not a skip
+        pytest.skip(message)
+
+
 def copy_images(
     dest: Path, per_class: int, splits: tuple[str, ...] = ("train", "validation")
 ) -> Path:

@@ -15,18 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from ablation import load_sweep, run_sweep
+from conftest import CHROMIUM, CHROMIUM_FLAGS, need_chromium
 
 pytestmark = pytest.mark.slow  # a study, a server and a browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SWEEP = """
 study: {{name: ui-study, sampler: grid, seeds: [0], isolation: none}}
 data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}}
@@ -40,12 +32,7 @@ tracking: {{experiment: ui-exp}}
 
 @pytest.fixture(scope="module", autouse=True)
 def _chromium() -> None:
-    """Checked when the test runs, not when it is collected: `-m "not slow"` needs no browser."""
-    if not Path(CHROMIUM).exists():
-        message = "the browser test needs Chromium (Debian: apt-get install chromium)"
-        if os.environ.get("CI"):
-            raise RuntimeError(message)  # in CI a missing browser is a failure, not a skip
-        pytest.skip(message)
+    need_chromium()
 
 
 def free_port() -> int:

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from scipy import stats
 
 from ablation import load_sweep, run_sweep
 from ablation.results.figures import FIGURES
 from ablation.results.report import build_report, render
 from ablation.tracking.tracker import Tracker
-from conftest import run_module
+from conftest import CHROMIUM, CHROMIUM_FLAGS, need_chromium, run_module
 
 pytestmark = pytest.mark.slow  # really trained studies, reported on the command line
 
@@ -28,9 +29,10 @@ space:
   augment:  {{choice: [false, true]}}
   rotation: {{choice: [0.1, 0.2], when: {{augment: true}}}}
   backbone: {{choice: [cnn]}}
+  preprocess: {{choice: [mobilenet_v2]}}  # raw pixels learn nothing in 2 epochs at 48x48
 tracking: {{experiment: report-exp}}
 """
-LABELS = ["cnn", "cnn+aug(0.1)", "cnn+aug(0.2)"]
+LABELS = ["cnn+prep", "cnn+aug(0.1)+prep", "cnn+aug(0.2)+prep"]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,7 @@ def test_csv_matches_the_mlflow_records(studies, tmp_path: Path) -> None:  # typ
     assert result.returncode == 0, result.stderr
     configurations = read_csv(out)
     rows = {row["configuration"]: row for row in configurations}
-    assert sorted(rows) == LABELS and len(configurations) == 3
+    assert sorted(rows) == sorted(LABELS) and len(configurations) == 3
     records = complete_runs(workdir, "two-seeds")
     for label, runs in records.items():
         tests = [t for _, _, t in runs]
@@ -130,19 +132,41 @@ def test_csv_matches_the_mlflow_records(studies, tmp_path: Path) -> None:  # typ
 
     ablation = read_csv(tmp_path / "results.ablation.csv")
     effects = {(r["factor"], r["level"]): r for r in ablation}
-    control = {seed: test for seed, _, test in records["cnn"]}
-    differences = [
-        test - control[seed]
-        for label in ("cnn+aug(0.1)", "cnn+aug(0.2)")
-        for seed, _, test in records[label]
-    ]
+    # By hand: per seed, the rotations averaged within the context (no cross product),
+    # minus that seed's control; then Student-t over the two per-seed effects.
+    control = {seed: test for seed, _, test in records["cnn+prep"]}
+    treated = {
+        seed: np.mean(
+            [
+                test
+                for label in ("cnn+aug(0.1)+prep", "cnn+aug(0.2)+prep")
+                for s, _, test in records[label]
+                if s == seed
+            ]
+        )
+        for seed in control
+    }
+    per_seed = [treated[seed] - control[seed] for seed in sorted(control)]
     augment = effects[("augment", "True")]
-    assert int(augment["pairs"]) == 4
-    assert float(augment["effect"]) == pytest.approx(np.mean(differences))
-    rotation = {seed: test for seed, _, test in records["cnn+aug(0.1)"]}
-    rotation_diffs = [test - rotation[seed] for seed, _, test in records["cnn+aug(0.2)"]]
+    assert float(augment["seeds"]) == 2 and float(augment["contexts_used"]) == 1
+    assert float(augment["effect"]) == pytest.approx(np.mean(per_seed))
+    half = stats.t.ppf(0.975, 1) * np.std(per_seed, ddof=1) / np.sqrt(2)
+    assert float(augment["seed_ci_low"]) == pytest.approx(np.mean(per_seed) - half)
+    assert float(augment["seed_ci_high"]) == pytest.approx(np.mean(per_seed) + half)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    n_test = {
+        int(client.get_run(r["run_id"]).data.params["n_test"])
+        for r in read_csv(tmp_path / "results.trials.csv")
+        if r["state"] == "COMPLETE"
+    }
+    assert {int(float(augment["test_images"]))} == n_test  # every test image, on both sides
+    assert augment["verdict"] in ("gain", "loss", "negligible", "undecided")
+    rotation = {seed: test for seed, _, test in records["cnn+aug(0.1)+prep"]}
+    rotation_diffs = [test - rotation[seed] for seed, _, test in records["cnn+aug(0.2)+prep"]]
     assert float(effects[("rotation", "0.2")]["effect"]) == pytest.approx(np.mean(rotation_diffs))
     assert ("backbone", "cnn") not in effects  # a factor with one level has no effect
+    interactions = read_csv(tmp_path / "results.interactions.csv")
+    assert {r["context"] for r in interactions if r["factor"] == "augment"} == {"backbone=cnn, preprocess=mobilenet_v2"}
 
 
 def test_markdown_counts_what_it_leaves_out(studies) -> None:  # type: ignore[no-untyped-def]
@@ -166,7 +190,7 @@ def test_markdown_counts_what_it_leaves_out(studies) -> None:  # type: ignore[no
 def test_html_and_latex_hold_every_configuration_once(studies, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     workdir, paths = studies
     records = complete_runs(workdir, "two-seeds")
-    first_cell = {"html": r"<tr>\s*<td>{}</td>", "latex": r"^{} &"}
+    first_cell = {"html": r"<tr[^>]*>\s*<td>{}</td>", "latex": r"^{} &"}
     table_end = {"html": "</table>", "latex": "\\end{tabular}"}
     for fmt, cell in first_cell.items():
         out = tmp_path / f"report.{fmt}"
@@ -190,8 +214,12 @@ def test_one_seed_says_so_instead_of_a_spread(studies, monkeypatch: pytest.Monke
     assert all(row.test.sd is None for row in report.configurations)
     text = render(report, "markdown")
     assert text.count("(one seed)") == 6  # validation and test of three configurations
-    rotation = next(e for e in report.effects if e.factor == "rotation" and e.level == 0.2)
-    assert rotation.pairs == 1 and "too few to tell" in rotation.verdict()
+    for effect in report.effects:
+        if effect.verdict != "baseline":
+            assert effect.seeds == 1 and effect.seed_interval is None
+            assert "the seed spread is unknown" in effect.basis
+            assert effect.verdict == "undecided"  # one seed, one context: never called
+    assert "needs a second seed to tell" in text
     assert all(row["test_acc_sd"] == "" for row in read_csv(render(report, "csv")))
 
 
@@ -216,3 +244,41 @@ def test_bad_input_is_one_line_and_exit_2(studies, args: list[str], message: str
     result = report_cli(str(paths["two-seeds"]), *args, cwd=workdir)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_html_report_is_one_page_with_its_figures(studies, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Opened alone (nothing beside it) in headless Chromium: every figure shows."""
+    from playwright.sync_api import sync_playwright
+
+    need_chromium()
+    workdir, paths = studies
+    out = tmp_path / "alone" / "report.html"
+    result = report_cli(
+        str(paths["two-seeds"]), "--format", "html", "-o", str(out), "--no-plots", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+    screenshot = tmp_path / "report.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        try:
+            page.goto(out.as_uri())
+            page.wait_for_load_state("load")
+            shown = page.eval_on_selector_all(
+                "img", "images => images.map(i => [i.alt, i.complete && i.naturalWidth > 0])"
+            )
+            verdicts = page.eval_on_selector_all("td .verdict", "spans => spans.length")
+            blog_rows = page.eval_on_selector_all("tr.blog", "rows => rows.length")
+            chance = page.eval_on_selector_all("tr.chance", "rows => rows.length")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    figures = {alt for alt, ok in shown if ok}
+    assert {"test_accuracy.png", "ablation_effects.png", "interactions.png"} <= figures
+    assert all(ok for _, ok in shown), shown
+    assert verdicts >= 2 and blog_rows == 1 and chance == 1  # model1 is the blog's cnn
+    assert requested == [out.as_uri()]  # self-contained: nothing else is fetched
+    assert screenshot.stat().st_size > 50_000

@@ -260,13 +260,8 @@ def _decode_to_folder(config: Data, listing: Listing, path: Path) -> None:
 
 
 def _write_meta(folder: Path, images: Images) -> None:
-    meta = {
-        "class_names": images.class_names,
-        "fingerprint": images.fingerprint,
-        "source": images.source,
-        "layout": images.layout,
-        "test_paths": list(images.test_paths),
-    }
+    meta = {name: getattr(images, name) for name in ("class_names", "fingerprint", "source")}
+    meta |= {"layout": images.layout, "test_paths": list(images.test_paths)}
     (folder / _META).write_text(json.dumps(meta, ensure_ascii=False))
 
 
@@ -302,12 +297,7 @@ def _decode_folders(config: Data, listing: Listing, into: Path | None) -> dict[s
         else:
             x, failed = _decode_file(paths, config.image_size, _decoded_file(into, folder))
         bad += [paths[i] for i in failed]
-        unreadable = set(failed)
-        kept = [
-            p.relative_to(listing.root).as_posix()
-            for i, p in enumerate(paths)
-            if i not in unreadable
-        ]
+        kept = [p.relative_to(listing.root).as_posix() for p in np.delete(paths, failed)]
         arrays[folder] = Decoded(x, np.delete(labels, failed), kept)
     if bad:
         names = ", ".join(str(p.relative_to(listing.root)) for p in bad[:10])

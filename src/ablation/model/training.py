@@ -82,11 +82,6 @@ class TrainingResult:
         return np.argmax(self.test_probabilities, axis=1)
 
     @property
-    def last_loss(self) -> float:
-        """The training loss of the last epoch run."""
-        return float(self.history["loss"][-1])
-
-    @property
     def best_val_accuracy(self) -> float:
         """The best epoch's validation accuracy (the kept model's, unless fine-tuning lost)."""
         return max(self.history["val_accuracy"])

@@ -1,9 +1,13 @@
 """Reading a study back from its MLflow records: what each choice contributed.
 
-* :mod:`~ablation.results.analysis`: configurations over seeds, effects from matched pairs;
-* :mod:`~ablation.results.importance`: fANOVA importances;
+* :mod:`~ablation.results.effects`: per-seed effects with seed, test-set and combined
+  intervals, verdicts, interactions (pure functions);
+* :mod:`~ablation.results.analysis`: configurations over seeds, collapsed seeds counted;
+* :mod:`~ablation.results.importance`: fANOVA importances, from the records alone;
 * :mod:`~ablation.results.tables`: the report's tables as pandas frames;
 * :mod:`~ablation.results.figures`: the report's own figures;
+* :mod:`~ablation.results.html`: the self-contained HTML page;
+* :mod:`~ablation.results.artifacts`: per-image predictions and confusion matrices read back;
 * :mod:`~ablation.results.report`: ``build_report``, rendering, the report's files.
 
 The command is :mod:`ablation.report`.

@@ -1,40 +1,34 @@
-"""What each design choice contributed, and how sure we are: pure functions on trial records.
+"""The study's configurations: pure functions on trial records.
 
-A :class:`ablation.tracking.records.TrialRecord` is one trial as MLflow recorded it. From a
-list of them:
+A :class:`ablation.tracking.records.TrialRecord` is one trial as MLflow recorded it.
+:func:`configuration_table` aggregates the seeds of each configuration (mean and sample
+standard deviation of validation and test accuracy, and how many seeds collapsed); what
+each design choice contributed is :mod:`ablation.results.effects`.
 
-* :func:`configuration_table` aggregates the seeds of each configuration
-  (mean and sample standard deviation of validation and test accuracy);
-* :func:`ablation_table` estimates, for each factor, the effect of each level
-  against the baseline level (the factor's first choice in the sweep) from
-  *matched pairs*: two configurations that differ only in that factor (and in
-  the factors that exist only because of it, such as ``rotation`` under
-  ``augment``), trained with the same seed. The effect is the mean of the
-  paired differences in test accuracy, with a 95% Student-t interval.
-
-Only COMPLETE trials enter any mean; the others are counted apart.
+Only COMPLETE trials enter any mean; the others are counted apart. A collapsed trial (its
+network predicts one class, or learned nothing) is complete: its numbers are real
+outcomes and stay in the means, and the rows say how many there are.
 
 Example:
     >>> complete = TrialState.COMPLETE
     >>> records = [
     ...     TrialRecord("a", {"augment": False}, 0, complete, test_accuracy=0.58),
-    ...     TrialRecord("b", {"augment": True, "rotation": 0.2}, 0, complete, test_accuracy=0.63),
+    ...     TrialRecord("b", {"augment": False}, 1, complete, test_accuracy=0.50,
+    ...                 collapse_reason="predicts cats for 100.0% of the test images"),
     ... ]
-    >>> effect = ablation_table(records, {"augment": [False, True], "rotation": [0.2]},
-    ...                         {"augment": {"rotation"}})[1]
-    >>> effect.level, round(effect.effect, 2), effect.pairs
-    (True, 0.05, 1)
+    >>> row = configuration_table(records)[0]
+    >>> round(row.test.mean, 2), row.collapsed_text
+    (0.54, 'collapsed in 1 of 2 seeds')
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections import Counter, defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ablation.sweep.factors import Params, Scalar, same_value, value_key
+from ablation.sweep.factors import Params, Scalar
 from ablation.tracking.records import TrialRecord, TrialState
 
 Key = tuple[tuple[str, Scalar], ...]
@@ -75,10 +69,17 @@ class ConfigurationRow:
     epochs_run: list[int]
     seconds: list[float]
     val_curves: list[tuple[float, ...]] = field(default_factory=list)
+    collapsed: list[bool] = field(default_factory=list)
 
     @property
     def n(self) -> int:
         return len(self.test_accuracies)
+
+    @property
+    def collapsed_text(self) -> str:
+        """``collapsed in 1 of 3 seeds``, or empty where none collapsed."""
+        count = sum(self.collapsed)
+        return f"collapsed in {count} of {self.n} seed{'s' if self.n > 1 else ''}" if count else ""
 
     @property
     def val(self) -> Spread:
@@ -118,105 +119,5 @@ def configuration_table(records: Sequence[TrialRecord]) -> list[ConfigurationRow
         row.epochs_run.append(record.epochs_run)
         row.seconds.append(record.seconds)
         row.val_curves.append(record.val_curve)
+        row.collapsed.append(record.collapsed)
     return sorted(rows.values(), key=lambda r: (-r.val.mean, -r.test.mean))
-
-
-@dataclass
-class Effect:
-    """The effect of one level of a factor against the factor's baseline level."""
-
-    factor: str
-    level: Scalar
-    baseline: Scalar
-    level_mean: float | None  # mean test accuracy of all complete trials at this level
-    differences: list[float]  # matched-pair differences in test accuracy
-
-    @property
-    def pairs(self) -> int:
-        return len(self.differences)
-
-    @property
-    def effect(self) -> float | None:
-        return statistics.fmean(self.differences) if self.differences else None
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        """95% Student-t interval of the mean paired difference (needs two pairs)."""
-        if self.pairs < 2:
-            return None
-        from scipy import stats
-
-        half = stats.t.ppf(0.975, self.pairs - 1) * statistics.stdev(self.differences)
-        half /= math.sqrt(self.pairs)
-        mean = statistics.fmean(self.differences)
-        return mean - half, mean + half
-
-    def verdict(self) -> str:
-        """In plain words: the effect, its interval, and whether it can be told from zero."""
-        if same_value(self.level, self.baseline):
-            return "baseline"
-        if not self.differences:
-            return "no matched pairs: cannot tell"
-        points = 100 * (self.effect or 0.0)
-        if self.pairs == 1:
-            return f"{points:+.1f} points from one pair: too few to tell"
-        low, high = self.interval or (0.0, 0.0)
-        sure = "clear" if low > 0 or high < 0 else "not distinguishable from zero"
-        return (
-            f"{points:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}] "
-            f"from {self.pairs} pairs: {sure}"
-        )
-
-
-def ablation_table(
-    records: Sequence[TrialRecord],
-    levels: Mapping[str, Sequence[Scalar]],
-    dependents: Mapping[str, set[str]],
-) -> list[Effect]:
-    """The effect of every level of every factor against its baseline level.
-
-    Args:
-        records: The trials (only COMPLETE ones are used).
-        levels: Each factor's choices, baseline first (the sweep's order).
-        dependents: For each factor, the factors whose ``when`` depends on it
-            (directly or not); they are ignored when matching pairs.
-    """
-    complete = _complete(records)
-    effects: list[Effect] = []
-    for factor, choices in levels.items():
-        if len(choices) < 2:
-            continue
-        baseline = choices[0]
-        ignored = {factor, *dependents.get(factor, set())}
-        by_rest: dict[tuple[Key, int], dict[Hashable, list[float]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        for record in complete:
-            if factor not in record.params:
-                continue
-            rest = configuration_key({k: v for k, v in record.params.items() if k not in ignored})
-            by_rest[(rest, record.seed)][value_key(record.params[factor])].append(
-                record.test_accuracy or 0.0
-            )
-        for level in choices:
-            at_level = [
-                r.test_accuracy or 0.0
-                for r in complete
-                if factor in r.params and value_key(r.params[factor]) == value_key(level)
-            ]
-            differences: list[float] = []
-            if not same_value(level, baseline):
-                for by_level in by_rest.values():
-                    treated = by_level.get(value_key(level), [])
-                    control = by_level.get(value_key(baseline), [])
-                    differences += [t - c for t in treated for c in control]
-            effects.append(
-                Effect(
-                    factor=factor,
-                    level=level,
-                    baseline=baseline,
-                    level_mean=statistics.fmean(at_level) if at_level else None,
-                    differences=differences,
-                )
-            )
-    return effects

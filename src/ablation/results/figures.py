@@ -1,5 +1,6 @@
-"""The report's figures, drawn from the records (:mod:`ablation.results.analysis`):
-validation curves, test accuracy per configuration, the ablation's effects.
+"""The report's figures, drawn from the records (:mod:`ablation.results.analysis`,
+:mod:`ablation.results.effects`): validation curves, test accuracy per configuration,
+the ablation's effects and their interactions, coloured by verdict.
 
 The pictures of the data and each trial's figures are drawn when they are recorded
 (:mod:`ablation.tracking.figures`); the report copies those from the study's run.
@@ -10,30 +11,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from ablation.results.analysis import ConfigurationRow, Effect
+from ablation.results.analysis import ConfigurationRow
+from ablation.results.effects import ContextEffect, Effect, Estimate
+from ablation.results.tables import context_name
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
-from ablation.sweep.factors import same_value
 from ablation.tracking.figures import DATA_FIGURES
 
 FIGURES = (
     "validation_curves.png",
     "test_accuracy.png",
     "ablation_effects.png",
+    "interactions.png",
     "confusion_matrix.png",  # the best configuration's
     *DATA_FIGURES,
 )
 
 
 def study_figures(
-    sweep: Sweep, rows: Sequence[ConfigurationRow], effects: Sequence[Effect]
+    sweep: Sweep,
+    rows: Sequence[ConfigurationRow],
+    effects: Sequence[Effect],
+    context_effects: Sequence[ContextEffect],
 ) -> dict[str, Figure]:
-    """Validation curves, test accuracy per configuration, and the ablation's effects."""
+    """Validation curves, test accuracy per configuration, the ablation's effects, and
+    each effect within each context (interactions)."""
     study = sweep.study.name
     names = [row_name(row) for row in rows]
-    shown = [e for e in effects if not same_value(e.level, e.baseline) and e.effect is not None]
+    shown = [e for e in effects if e.estimate is not None]
+    within = [e for e in context_effects if e.estimate is not None]
     return {
         "validation_curves.png": validation_curves(
             {name: row.mean_curve() for name, row in zip(names, rows, strict=True)},
@@ -47,9 +56,13 @@ def study_figures(
         ),
         "ablation_effects.png": ablation_effects(
             [f"{e.factor}: {e.level} vs {e.baseline}" for e in shown],
-            [e.effect or 0.0 for e in shown],
-            [e.interval for e in shown],
+            shown,
             f"{study}: what each choice changes in test accuracy",
+        ),
+        "interactions.png": ablation_effects(
+            [f"{e.factor}: {e.level} vs {e.baseline} | {context_name(e.context)}" for e in within],
+            within,
+            f"{study}: each choice's effect within each context of the others",
         ),
     }
 
@@ -96,24 +109,40 @@ def test_accuracy_bars(
     return figure
 
 
+VERDICT_COLOURS = {
+    "gain": "#1a7f37",
+    "loss": "#c62828",
+    "negligible": "#57606a",
+    "undecided": "#9a6700",
+}
+
+
 def ablation_effects(
-    names: list[str],
-    effects: list[float],
-    intervals: list[tuple[float, float] | None],
-    title: str,
+    names: list[str], estimates: Sequence[Estimate], title: str, *, xlabel: str | None = None
 ) -> Figure:
-    """Each level's effect on test accuracy against its baseline, with its 95% interval."""
-    figure = Figure(figsize=(9, 0.5 * len(names) + 1.5), layout="constrained")
+    """Each effect on test accuracy with its 95% interval (seeds and test images),
+    coloured by its verdict."""
+    figure = Figure(figsize=(9, 0.42 * len(names) + 1.8), layout="constrained")
     axis = figure.subplots()
-    for position, (effect, interval) in enumerate(zip(effects, intervals, strict=True)):
+    for position, estimate in enumerate(estimates):
+        colour = VERDICT_COLOURS.get(estimate.verdict, "tab:gray")
+        interval = estimate.interval or estimate.test_interval
         if interval is not None:
-            axis.plot([100 * interval[0], 100 * interval[1]], [position] * 2, color="tab:blue")
-        axis.plot([100 * effect], [position], "o", color="tab:blue" if interval else "tab:gray")
+            style = "-" if estimate.interval is not None else ":"
+            axis.plot([100 * interval[0], 100 * interval[1]], [position] * 2, style, color=colour)
+        axis.plot([100 * (estimate.estimate or 0.0)], [position], "o", color=colour)
     axis.axvline(0, color="black", linewidth=0.8)
     axis.set_yticks(range(len(names)), names, fontsize="small")
     axis.invert_yaxis()
+    handles = [
+        Line2D([], [], color=colour, marker="o", label=verdict)
+        for verdict, colour in VERDICT_COLOURS.items()
+    ]
+    axis.legend(handles=handles, fontsize="small", loc="best")
     axis.set_xlabel(
-        "effect on test accuracy, points (dot: mean of matched pairs; line: 95% CI; grey: one pair)"
+        xlabel
+        or "effect on test accuracy, points (dot: mean over seeds; line: 95% interval over "
+        "seeds and test images; dotted: test images only)"
     )
     axis.grid(axis="x", alpha=0.3)
     axis.set_title(title)

@@ -1,17 +1,20 @@
 """Which factors matter most: Optuna's fANOVA importances on validation accuracy.
 
-A conditional factor (``rotation``, which exists only with ``augment: true``) is
-assessed in its own sub-space: among the trials where it exists, beside the
-unconditional factors.
+Computed from the trials as MLflow recorded them (an Optuna study is rebuilt from the
+records in memory), so a report needs the tracking store alone. A conditional factor
+(``rotation``, which exists only with ``augment: true``) is assessed in its own
+sub-space: among the trials where it exists, beside the unconditional factors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ablation.errors import first_line
-from ablation.study.storage import open_storage
+from ablation.sweep import space
 from ablation.sweep.config import Sweep
+from ablation.tracking.records import TrialRecord, TrialState
 
 
 @dataclass
@@ -23,35 +26,53 @@ class Importance:
     note: str = ""
 
 
-def param_importances(sweep: Sweep) -> list[Importance]:
-    """fANOVA importances on validation accuracy, conditional factors in their own sub-space."""
+def param_importances(sweep: Sweep, records: Sequence[TrialRecord]) -> list[Importance]:
+    """fANOVA importances on validation accuracy (of the saved model, the study's
+    objective), conditional factors in their own sub-space."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        study = optuna.load_study(
-            study_name=sweep.study.name, storage=open_storage(sweep.study.storage_url())
-        )
-    except Exception as exc:  # a missing study is a KeyError, a bad URL many other kinds
-        return [Importance("all trials", {}, f"no Optuna study to read ({first_line(exc)})")]
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = [
+        r for r in records if r.state == TrialState.COMPLETE and r.model_val_accuracy is not None
+    ]
     importances = []
     for scope, params in _scopes(sweep):
-        subset = [t for t in trials if all(p in t.params for p in params)]
-        params = [p for p in params if len({repr(t.params[p]) for t in subset}) > 1]
+        subset = [r for r in complete if all(p in r.params for p in params)]
+        params = [p for p in params if len({repr(r.params[p]) for r in subset}) > 1]
         if not params or len(subset) < 3:
             importances.append(Importance(scope, {}, f"too few trials ({len(subset)}) to tell"))
             continue
         try:
             values = get_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0), params=params
+                _rebuilt_study(sweep, subset),
+                evaluator=FanovaImportanceEvaluator(seed=0),
+                params=params,
             )
         except Exception as exc:  # fANOVA refuses some degenerate studies
             importances.append(Importance(scope, {}, f"not computable ({first_line(exc)})"))
             continue
         importances.append(Importance(scope, dict(values), f"{len(subset)} trials"))
     return importances
+
+
+def _rebuilt_study(sweep: Sweep, records: Sequence[TrialRecord]):  # type: ignore[no-untyped-def]
+    """An in-memory Optuna study holding ``records`` as its complete trials."""
+    import optuna
+
+    distributions = space.distributions(sweep.space)
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params=dict(record.params),
+                distributions={name: distributions[name] for name in record.params},
+                value=record.model_val_accuracy,
+            )
+            for record in records
+        ]
+    )
+    return study
 
 
 def _scopes(sweep: Sweep) -> list[tuple[str, list[str]]]:

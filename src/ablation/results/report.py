@@ -1,30 +1,33 @@
 """A study's report, read back from its MLflow store: the tables, the figures, the files.
 
 :func:`build_report` reads the sweep's study from the tracking store alone (never the
-data); :func:`render` writes it as Markdown, CSV, HTML or LaTeX;
-:func:`write_report_files` writes the figures, ``report.md`` and ``report.html`` and
-attaches them to the study's parent run. The command is :mod:`ablation.report`.
+data, never the Optuna storage): the trials' records and each trial's per-image test
+predictions. :func:`render` writes it as Markdown, CSV, LaTeX or one self-contained HTML
+page (:mod:`ablation.results.html`); :func:`write_report_files` writes the figures,
+``report.md`` and ``report.html`` and attaches them to the study's parent run. The
+command is :mod:`ablation.report`.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ablation.errors import UserError
-from ablation.results.analysis import (
-    ConfigurationRow,
+from ablation.results.analysis import ConfigurationRow, configuration_table, state_counts
+from ablation.results.artifacts import best_confusion, test_outcomes
+from ablation.results.effects import (
+    ContextEffect,
     Effect,
-    ablation_table,
-    configuration_table,
-    state_counts,
+    context_effects,
+    effects,
+    sign_changes,
 )
 from ablation.results.figures import study_figures
+from ablation.results.html import Block, html_page
 from ablation.results.importance import Importance, param_importances
 from ablation.results.tables import (
     Confusion,
@@ -33,14 +36,14 @@ from ablation.results.tables import (
     class_frame,
     configuration_frame,
     confusion_frame,
+    context_frame,
     importance_frame,
     trial_frame,
 )
 from ablation.sweep import space
 from ablation.sweep.config import DEFAULT_OUTPUT_DIR, Sweep
-from ablation.tracking.figures import DATA_FIGURES, confusion_matrix, write_figures
+from ablation.tracking.figures import DATA_FIGURES, confusion_matrix, png_bytes
 from ablation.tracking.records import (
-    ARTIFACT_CONFUSION,
     ARTIFACT_REPORT_DIR,
     TrialRecord,
     TrialState,
@@ -59,6 +62,7 @@ class Report:
     records: list[TrialRecord]
     configurations: list[ConfigurationRow]
     effects: list[Effect]
+    context_effects: list[ContextEffect]  # each effect within each context: interactions
     importances: list[Importance]
     parent_run_id: str | None
     tracker: Tracker
@@ -70,7 +74,7 @@ class Report:
 
 
 def build_report(sweep: Sweep) -> Report:
-    """The study's tables, read back from the sweep's MLflow store (and its Optuna study).
+    """The study's tables, read back from the sweep's MLflow store alone.
 
     Raises:
         UserError: The store cannot be opened, or holds no trial of this study.
@@ -78,40 +82,21 @@ def build_report(sweep: Sweep) -> Report:
     tracker, parent_run_id, records = read_study(sweep)
     # A sampled range has no levels to pair trials on: its share shows in the importances.
     levels = {name: list(p.choice) for name, p in sweep.space.items() if p.choice is not None}
+    dependents = space.dependents(sweep.space)
     configurations = configuration_table(records)
+    outcomes = test_outcomes(tracker, records)
+    min_effect = sweep.study.min_effect
     return Report(
         sweep=sweep,
         records=records,
         configurations=configurations,
-        effects=ablation_table(records, levels, space.dependents(sweep.space)),
-        importances=param_importances(sweep),
+        effects=effects(outcomes, levels, dependents, min_effect=min_effect),
+        context_effects=context_effects(outcomes, levels, dependents, min_effect=min_effect),
+        importances=param_importances(sweep, records),
         parent_run_id=parent_run_id,
         tracker=tracker,
         confusion=best_confusion(tracker, configurations),
     )
-
-
-def best_confusion(tracker: Tracker, rows: list[ConfigurationRow]) -> Confusion | None:
-    """The best configuration's test confusion matrix, its seeds' counts summed (None: a
-    study recorded before confusion matrices were)."""
-    if not rows:
-        return None
-    total: dict[str, Any] | None = None
-    with tempfile.TemporaryDirectory() as tmp:
-        for index, run_id in enumerate(rows[0].run_ids):
-            path = tracker.download(run_id, ARTIFACT_CONFUSION, f"{tmp}/{index}")
-            if path is None:
-                return None
-            found = json.loads(path.read_text())
-            if total is None:
-                total = {"class_names": found["class_names"], "counts": found["counts"], "runs": 0}
-            else:
-                total["counts"] = [
-                    [a + b for a, b in zip(mine, theirs, strict=True)]
-                    for mine, theirs in zip(total["counts"], found["counts"], strict=True)
-                ]
-            total["runs"] += 1
-    return total
 
 
 def headline(report: Report) -> str:
@@ -120,33 +105,75 @@ def headline(report: Report) -> str:
         f"{counts[s]} {s.value.lower()}"
         for s in (TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     )
+    collapsed = sum(sum(row.collapsed) for row in report.configurations)
     return (
         f"Study {report.sweep.study.name!r}: {len(report.configurations)} configuration(s) from "
-        f"{counts[TrialState.COMPLETE]} complete trial(s); not in any mean: {excluded}."
+        f"{counts[TrialState.COMPLETE]} complete trial(s); not in any mean: {excluded}; "
+        f"collapsed: {collapsed} (a network that predicts one class for 99% of the test "
+        "images, or whose training loss stayed at chance; their numbers stay in the means)."
     )
 
 
-Section = tuple[str, str, "pd.DataFrame"]
+INTERVALS_NOTE = (
+    "An effect is the treated minus the control test accuracy within each context (the "
+    "other factors' levels) and seed, averaged over the contexts per seed, then over the "
+    "seeds. The seed interval (Student-t over the per-seed effects) covers training "
+    "randomness; the test-set interval (a paired bootstrap over the test images) covers "
+    "the sampling of the test images; the 95% interval (both) combines the two, and "
+    "decides the verdict: gain or loss where it excludes zero, negligible where it lies "
+    "within plus or minus {points:g} point(s) (study.min_effect), else undecided. These "
+    "intervals are about these photos' population, this test-set size and these seeds; "
+    "they say nothing of other data."
+)
+
+
+@dataclass
+class Section:
+    """One table of the report, with the notes that say how to read it."""
+
+    name: str  # in file names: results.<name>.csv
+    title: str
+    frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    figures: tuple[str, ...] = ()  # of :func:`figure_images`, shown with it on the page
 
 
 def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Section]:
-    """The report's tables: (name, title, frame). ``short``: the configurations only."""
+    """The report's tables. ``short``: the configurations only."""
     configurations = configuration_frame(
         report.sweep.space, report.configurations, numeric=numeric, short=short
     )
     if not numeric:
         configurations = chance_row(configurations, report.confusion)
     title = "Configurations (best validation accuracy first; ± is the standard deviation over seeds"
-    found = [("configurations", title + ")", configurations)]
+    found = [
+        Section(
+            "configurations",
+            title + ")",
+            configurations,
+            figures=("test_accuracy.png", "validation_curves.png"),
+        )
+    ]
     if short:
         return found
+    points = 100 * report.sweep.study.min_effect
     found += [
-        (
+        Section(
             "ablation",
-            "Ablation: each level against the factor's baseline, test accuracy, matched pairs",
+            "Ablation: each level against the factor's baseline, test accuracy",
             ablation_frame(report.effects, numeric=numeric),
+            [INTERVALS_NOTE.format(points=points)],
+            ("ablation_effects.png",),
         ),
-        (
+        Section(
+            "interactions",
+            "Interactions: each effect within each context of the other factors",
+            context_frame(report.context_effects, numeric=numeric),
+            sign_changes(report.context_effects)
+            or ["No effect changes sign between contexts (by its point estimates)."],
+            ("interactions.png",),
+        ),
+        Section(
             "importance",
             "Parameter importance (fANOVA on validation accuracy)",
             importance_frame(report.importances),
@@ -156,64 +183,87 @@ def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Sect
         best = space.label(report.configurations[0].params)
         runs = f"{report.confusion['runs']} seed(s) summed"
         found += [
-            (
+            Section(
                 "classes",
                 f"Best configuration ({best}): test accuracy per class",
                 class_frame(report.confusion, numeric=numeric),
             ),
-            (
+            Section(
                 "confusion",
                 f"Best configuration ({best}): test confusion matrix ({runs})",
                 confusion_frame(report.confusion),
+                figures=("confusion_matrix.png",),
             ),
         ]
     trials = trial_frame(report.sweep.space, report.records, numeric=numeric)
-    return [*found, ("trials", "Trials (one row per trial)", trials)]
+    return [*found, Section("trials", "Trials (one row per trial)", trials)]
 
 
 def render(report: Report, fmt: str, *, short: bool = False) -> str:
     """The report as Markdown, CSV, HTML or LaTeX text. ``short``: configurations only.
 
     CSV is the configurations table alone (:func:`write_csv_tables` writes the others).
+    HTML is one page with the figures in it.
     """
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is unknown (allowed: {', '.join(FORMATS)})")
     if fmt == "csv":
-        return sections(report, numeric=True, short=True)[0][2].to_csv(index=False)
-    out = io.StringIO()
+        return sections(report, numeric=True, short=True)[0].frame.to_csv(index=False)
     found = sections(report, numeric=False, short=short)
+    if fmt == "html":
+        return _html(report, found)
+    out = io.StringIO()
     if fmt == "markdown":
         out.write(f"{headline(report)}\n")
-        for _, title, frame in found:
-            out.write(f"\n### {title}\n\n{frame.to_markdown(index=False)}\n")
-    elif fmt == "html":
-        out.write(f"<p>{headline(report)}</p>\n")
-        for _, title, frame in found:
-            out.write(f"<h3>{title}</h3>\n{frame.to_html(index=False, na_rep='—')}\n")
+        for section in found:
+            out.write(f"\n### {section.title}\n\n{section.frame.to_markdown(index=False)}\n")
+            out.writelines(f"\n{note}\n" for note in section.notes)
     else:
         out.write(f"% {headline(report)}\n")
-        for _, title, frame in found:
-            latex = frame.to_latex(index=False, na_rep="--", caption=title.replace("±", "$\\pm$"))
+        for section in found:
+            caption = section.title.replace("±", "$\\pm$")
+            latex = section.frame.to_latex(index=False, na_rep="--", caption=caption)
             out.write(latex.replace("±", "$\\pm$").replace("—", "--") + "\n")
+            out.writelines(f"% {note}\n" for note in section.notes)
     return out.getvalue()
+
+
+def _html(report: Report, found: list[Section]) -> str:
+    images = figure_images(report) if report.configurations else {}
+    blocks = [
+        Block(
+            section.title,
+            frame=section.frame,
+            notes=section.notes,
+            figures=[(name, images[name]) for name in section.figures if name in images],
+        )
+        for section in found
+    ]
+    shown = {name for section in found for name in section.figures}
+    data = [(name, png) for name, png in images.items() if name not in shown]
+    if data:
+        blocks.append(Block("The data (drawn when the study ran)", figures=data))
+    return html_page(f"Ablation study {report.sweep.study.name!r}", headline(report), blocks)
 
 
 def write_csv_tables(report: Report, output: Path) -> list[Path]:
     """The tables other than the configurations, each a tidy CSV beside ``output``
     (``results.csv`` -> ``results.ablation.csv``, ``results.trials.csv``, ...)."""
     written = []
-    for name, _, frame in sections(report, numeric=True)[1:]:
-        path = output.with_name(f"{output.stem}.{name}.csv")
-        frame.to_csv(path, index=False)
+    for section in sections(report, numeric=True)[1:]:
+        path = output.with_name(f"{output.stem}.{section.name}.csv")
+        section.frame.to_csv(path, index=False)
         written.append(path)
     return written
 
 
-def write_figure_files(report: Report, directory: Path) -> list[Path]:
-    """The report's figures in ``directory``: drawn from the records, the best
-    configuration's confusion matrix, and the data pictures drawn at run time (copied
-    from the study's parent run: the data itself is never read)."""
-    figures = study_figures(report.sweep, report.configurations, report.effects)
+def figure_images(report: Report) -> dict[str, bytes]:
+    """The report's figures as PNG bytes: drawn from the records, the best configuration's
+    confusion matrix, and the data pictures drawn at run time (from the study's parent
+    run: the data itself is never read)."""
+    figures = study_figures(
+        report.sweep, report.configurations, report.effects, report.context_effects
+    )
     if report.confusion is not None and report.configurations:
         best = space.label(report.configurations[0].params)
         figures["confusion_matrix.png"] = confusion_matrix(
@@ -221,22 +271,33 @@ def write_figure_files(report: Report, directory: Path) -> list[Path]:
             report.confusion["class_names"],
             f"{report.sweep.study.name}: {best}, test set ({report.confusion['runs']} seed(s))",
         )
-    written = write_figures(figures, directory)
+    images = {name: png_bytes(figure) for name, figure in figures.items()}
     if report.parent_run_id is None:
-        return written
+        return images
     with tempfile.TemporaryDirectory() as tmp:
         for name in DATA_FIGURES:
             path = report.tracker.download(
                 report.parent_run_id, f"{ARTIFACT_REPORT_DIR}/{name}", tmp
             )
             if path is not None:
-                written.append(Path(shutil.copy(path, directory / name)))
+                images[name] = path.read_bytes()
+    return images
+
+
+def write_figure_files(report: Report, directory: Path) -> list[Path]:
+    """The report's figures (:func:`figure_images`) as PNG files in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, png in figure_images(report).items():
+        path = directory / name
+        path.write_bytes(png)
+        written.append(path)
     return written
 
 
 def write_report_files(report: Report, directory: Path) -> list[Path]:
-    """The figures, ``report.md`` and ``report.html`` in ``directory``; attached to the
-    study's parent run (under ``report/``)."""
+    """The figures, ``report.md`` and ``report.html`` (self-contained) in ``directory``;
+    attached to the study's parent run (under ``report/``)."""
     files = write_figure_files(report, directory)
     for fmt, name in (("markdown", "report.md"), ("html", "report.html")):
         path = directory / name

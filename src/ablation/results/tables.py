@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ablation.results.analysis import ConfigurationRow, Effect
+from ablation.results.analysis import ConfigurationRow
+from ablation.results.effects import ContextEffect, Effect, Estimate
 from ablation.results.importance import Importance
 from ablation.sweep import space
 from ablation.sweep.factors import Factor
@@ -61,6 +62,10 @@ def configuration_frame(
         else:
             entry["val acc (best epoch)"] = _mean_sd(row.val.mean, row.val.sd)
             entry["test acc"] = _mean_sd(row.test.mean, row.test.sd)
+        if numeric:
+            entry["collapsed_seeds"] = sum(row.collapsed)
+        else:
+            entry["collapsed"] = row.collapsed_text
         entry["epochs"] = _number(sum(row.epochs_run) / row.n)
         entry["seconds"] = round(sum(row.seconds) / row.n, 1)
         if not short:
@@ -88,31 +93,84 @@ def chance_row(frame: pd.DataFrame, confusion: Confusion | None) -> pd.DataFrame
 
 
 def ablation_frame(effects: Sequence[Effect], *, numeric: bool) -> pd.DataFrame:
+    """Each level against its factor's baseline: the effect, its three intervals (seeds,
+    test images, both), what it stands on, and the verdict."""
     import pandas as pd
 
     rows: list[dict[str, Any]] = []
     for effect in effects:
-        interval = effect.interval
         entry: dict[str, Any] = {
             "factor": effect.factor,
             "level": effect.level,
             "baseline": effect.baseline,
         }
         if numeric:
-            entry |= {
-                "mean_test_acc": effect.level_mean,
-                "effect": effect.effect,
-                "ci_low": interval[0] if interval else None,
-                "ci_high": interval[1] if interval else None,
-                "pairs": effect.pairs,
-                "verdict": effect.verdict(),
-            }
+            entry["mean_test_acc"] = effect.level_mean
         else:
             mean = effect.level_mean
             entry["mean test acc"] = f"{mean:.3f}" if mean is not None else "—"
-            entry["effect vs baseline (95% CI)"] = effect.verdict()
+        entry |= _estimate_columns(effect, numeric=numeric)
+        entry["contexts" if not numeric else "contexts_used"] = effect.contexts_used
+        entry["contexts_missing" if numeric else "contexts left out"] = effect.contexts_missing
+        entry |= _verdict_columns(effect)
         rows.append(entry)
     return pd.DataFrame(rows)
+
+
+def context_frame(found: Sequence[ContextEffect], *, numeric: bool) -> pd.DataFrame:
+    """Each level's effect within each context (the other factors' values): interactions."""
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for effect in found:
+        entry: dict[str, Any] = {
+            "factor": effect.factor,
+            "level": effect.level,
+            "baseline": effect.baseline,
+            "context": context_name(effect.context),
+        }
+        entry |= _estimate_columns(effect, numeric=numeric)
+        entry |= _verdict_columns(effect)
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def context_name(context: Mapping[str, Any]) -> str:
+    """A context as ``backbone=cnn, preprocess=none`` (``all`` when there are no others)."""
+    return ", ".join(f"{name}={value}" for name, value in context.items()) or "all"
+
+
+def _estimate_columns(effect: Estimate, *, numeric: bool) -> dict[str, Any]:
+    intervals = {
+        "seed": effect.seed_interval,
+        "test": effect.test_interval,
+        "": effect.interval,
+    }
+    if numeric:
+        entry: dict[str, Any] = {"effect": effect.estimate}
+        for name, interval in intervals.items():
+            prefix = f"{name}_ci" if name else "ci"
+            entry[f"{prefix}_low"] = interval[0] if interval else None
+            entry[f"{prefix}_high"] = interval[1] if interval else None
+        entry |= {"seeds": effect.seeds, "test_images": effect.n_images}
+        return entry | {"collapsed": effect.collapsed}
+    points = "—" if effect.estimate is None else f"{100 * effect.estimate:+.1f}"
+    return {
+        "effect (points)": points,
+        "seed interval": _points(intervals["seed"]),
+        "test-set interval": _points(intervals["test"]),
+        "95% interval (both)": _points(intervals[""]),
+        "seeds": effect.seeds,
+        "collapsed trials": effect.collapsed or "",
+    }
+
+
+def _verdict_columns(effect: Estimate) -> dict[str, Any]:
+    return {"verdict": effect.verdict, "what the interval covers": effect.basis}
+
+
+def _points(interval: tuple[float, float] | None) -> str:
+    return "—" if interval is None else f"[{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
 
 
 def importance_frame(importances: Sequence[Importance]) -> pd.DataFrame:
@@ -156,6 +214,7 @@ def trial_frame(
         }
         entry |= {name: record.params.get(name, "" if numeric else "—") for name in factors}
         entry |= {"seed": record.seed, "state": record.state.value}
+        entry["collapsed"] = record.collapse_reason or ""
         for name in metric_names if numeric else TRIAL_METRICS_SHOWN:
             value = record.metrics.get(name)
             entry[name] = value if numeric or value is None else round(value, 3)

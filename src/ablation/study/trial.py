@@ -169,7 +169,7 @@ def _record_completed(
     if result.features_per_epoch:
         tags[TagName.FEATURES_PER_EPOCH] = "true"
     reason = collapse_reason(
-        result.test_predictions.tolist(), images.class_names, last_loss=result.last_loss
+        result.test_predictions.tolist(), images.class_names, last_loss=result.history["loss"][-1]
     )
     tags[TagName.COLLAPSED] = "true" if reason else "false"
     if reason:

@@ -77,6 +77,13 @@ class Study(_Section):
         description="tpe/random: configurations to run before the sampler picks (e.g. the "
         "blog's best); a factor left out is sampled",
     )
+    min_effect: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="an effect whose 95% interval lies within plus or minus this (a "
+        "fraction of test accuracy: 0.01 is one point) is called negligible",
+    )
     pruner: Literal["none", "median"] = Field(
         "none",
         description="median: stop a trial whose val_accuracy after an epoch is below the median "

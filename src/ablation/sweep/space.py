@@ -34,6 +34,7 @@ from ablation.sweep.factors import (
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.distributions import BaseDistribution
 
 
 def ordered(space: Mapping[str, Factor]) -> list[str]:
@@ -114,6 +115,27 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Factor]) -> Params:
                 name, factor.low or 0.0, factor.high or 0.0, log=factor.log
             )
     return {name: params[name] for name in space if name in params}
+
+
+def distributions(space: Mapping[str, Factor]) -> dict[str, BaseDistribution]:
+    """Each factor's Optuna distribution, as :func:`suggest` samples it."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    found: dict[str, BaseDistribution] = {}
+    for name, factor in space.items():
+        if factor.choice is not None:
+            found[name] = CategoricalDistribution(factor.choice)
+        elif is_integer_factor(name):
+            found[name] = IntDistribution(
+                int(factor.low or 0), int(factor.high or 0), log=factor.log
+            )
+        else:
+            found[name] = FloatDistribution(factor.low or 0.0, factor.high or 0.0, log=factor.log)
+    return found
 
 
 def configuration(params: Mapping[str, Any]) -> Configuration:

@@ -4,6 +4,8 @@
   ``TrialRecord``, metric, param, tag and artifact names);
 * :mod:`~ablation.tracking.confusion`: the test set's confusion counts, per-class
   accuracy, chance level;
+* :mod:`~ablation.tracking.predictions`: each test image's prediction (CSV), and whether
+  a trained network collapsed;
 * :mod:`~ablation.tracking.mlflow_objects`: MLflow's own objects (a trial's logged
   model, its dataset inputs, registry versions);
 * :mod:`~ablation.tracking.figures`: the figures recorded with a trial and a study

@@ -6,6 +6,7 @@ state, no display), where they are recorded: the report draws its own
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -134,6 +135,13 @@ def write_figures(figures: Mapping[str, Figure], directory: Path) -> list[Path]:
     written = []
     for name, figure in figures.items():
         path = directory / name
-        figure.savefig(path, dpi=110)
+        path.write_bytes(png_bytes(figure))
         written.append(path)
     return written
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """A figure as PNG, at the resolution every recorded figure has."""
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=110)
+    return out.getvalue()
