@@ -106,6 +106,9 @@ def test_each_class_is_recorded_and_agrees_with_the_saved_model(study, tmp_path:
 def test_the_report_needs_only_mlflow(study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     workdir, data, sweep_file = study
     moved = data.rename(workdir / "moved-away")  # the data is gone
+    journal = workdir / "mlruns" / "optuna.journal"
+    assert journal.is_file()
+    hidden = journal.rename(workdir / "optuna-moved-away")  # and so is the Optuna storage
     try:
         for fmt in ("markdown", "csv", "html", "latex"):
             out = tmp_path / fmt / f"results.{fmt}"
@@ -124,6 +127,7 @@ def test_the_report_needs_only_mlflow(study, tmp_path: Path) -> None:  # type: i
                 assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     finally:
         moved.rename(data)
+        hidden.rename(journal)
 
     _, runs = trial_runs(workdir)
     by_id = {run.info.run_id: run for run in runs}
@@ -144,7 +148,7 @@ def test_the_report_needs_only_mlflow(study, tmp_path: Path) -> None:  # type: i
             assert trials.loc[row.Index, name] == pytest.approx(value)
     classes = pd.read_csv(csv_dir / "results.classes.csv")
     assert classes["class"].tolist() == CLASSES and classes["test_images"].tolist() == [15] * 5
-    for name in ("ablation", "importance", "confusion"):
+    for name in ("ablation", "interactions", "importance", "confusion"):
         assert not pd.read_csv(csv_dir / f"results.{name}.csv").empty
 
     markdown = (tmp_path / "markdown" / "results.markdown").read_text()

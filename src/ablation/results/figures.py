@@ -31,6 +31,18 @@ FIGURES = (
 )
 
 
+FIGURE_CAPTIONS = {
+    "validation_curves.png": "Validation accuracy per epoch, mean over seeds.",
+    "test_accuracy.png": "Test accuracy per configuration; whisker: standard deviation over seeds.",
+    "ablation_effects.png": "Each level's effect against its baseline, with its 95% interval "
+    "over seeds and test images, coloured by verdict.",
+    "interactions.png": "The same effects within each context of the other factors.",
+    "confusion_matrix.png": "The best configuration's test confusion matrix, seeds summed.",
+    "data_examples.png": "Training images of each class.",
+    "augmentation_examples.png": "One training image under the sweep's widest augmentation.",
+}
+
+
 def study_figures(
     sweep: Sweep,
     rows: Sequence[ConfigurationRow],
@@ -132,6 +144,8 @@ def ablation_effects(
             axis.plot([100 * interval[0], 100 * interval[1]], [position] * 2, style, color=colour)
         axis.plot([100 * (estimate.estimate or 0.0)], [position], "o", color=colour)
     axis.axvline(0, color="black", linewidth=0.8)
+    low, high = axis.get_xlim()
+    axis.set_xlim(max(low, -100), min(high, 100))  # a difference of accuracies: within ±100
     axis.set_yticks(range(len(names)), names, fontsize="small")
     axis.invert_yaxis()
     handles = [

@@ -72,7 +72,7 @@ class Block:
     heading: str
     frame: pd.DataFrame | None = None
     notes: Sequence[str] = ()
-    figures: Sequence[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG)
+    figures: Sequence[tuple[str, str, bytes]] = field(default_factory=list)  # name, caption, PNG
 
 
 def html_page(title: str, headline: str, blocks: Sequence[Block]) -> str:
@@ -93,8 +93,8 @@ def html_page(title: str, headline: str, blocks: Sequence[Block]) -> str:
         if block.notes:
             items = "".join(f"<li>{html.escape(note)}</li>" for note in block.notes)
             parts.append(f'<ul class="notes">{items}</ul>')
-        for caption, png in block.figures:
-            parts.append(figure(caption, png))
+        for name, caption, png in block.figures:
+            parts.append(figure(name, caption, png))
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -118,12 +118,13 @@ def table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def figure(caption: str, png: bytes) -> str:
-    """A PNG embedded as a data URL, with its caption."""
+def figure(name: str, caption: str, png: bytes) -> str:
+    """A PNG embedded as a data URL, with its caption (``name``: its file's, as data-figure)."""
     data = base64.b64encode(png).decode("ascii")
     alt = html.escape(caption, quote=True)
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}" '
+        f'data-figure="{html.escape(name, quote=True)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
     )
 

@@ -26,7 +26,7 @@ from ablation.results.effects import (
     effects,
     sign_changes,
 )
-from ablation.results.figures import study_figures
+from ablation.results.figures import FIGURE_CAPTIONS, study_figures
 from ablation.results.html import Block, html_page
 from ablation.results.importance import Importance, param_importances
 from ablation.results.tables import (
@@ -235,12 +235,20 @@ def _html(report: Report, found: list[Section]) -> str:
             section.title,
             frame=section.frame,
             notes=section.notes,
-            figures=[(name, images[name]) for name in section.figures if name in images],
+            figures=[
+                (name, FIGURE_CAPTIONS.get(name, name), images[name])
+                for name in section.figures
+                if name in images
+            ],
         )
         for section in found
     ]
     shown = {name for section in found for name in section.figures}
-    data = [(name, png) for name, png in images.items() if name not in shown]
+    data = [
+        (name, FIGURE_CAPTIONS.get(name, name), png)
+        for name, png in images.items()
+        if name not in shown
+    ]
     if data:
         blocks.append(Block("The data (drawn when the study ran)", figures=data))
     return html_page(f"Ablation study {report.sweep.study.name!r}", headline(report), blocks)
