@@ -228,8 +228,9 @@ def render(report: Report, fmt: str, *, short: bool = False) -> str:
     return out.getvalue()
 
 
-def _html(report: Report, found: list[Section]) -> str:
-    images = figure_images(report) if report.configurations else {}
+def _html(report: Report, found: list[Section], images: dict[str, bytes] | None = None) -> str:
+    if images is None:
+        images = figure_images(report) if report.configurations else {}
     blocks = [
         Block(
             section.title,
@@ -292,11 +293,14 @@ def figure_images(report: Report) -> dict[str, bytes]:
     return images
 
 
-def write_figure_files(report: Report, directory: Path) -> list[Path]:
-    """The report's figures (:func:`figure_images`) as PNG files in ``directory``."""
+def write_figure_files(
+    report: Report, directory: Path, images: dict[str, bytes] | None = None
+) -> list[Path]:
+    """The report's figures (``images``, else :func:`figure_images`) as PNG files in
+    ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, png in figure_images(report).items():
+    for name, png in (images if images is not None else figure_images(report)).items():
         path = directory / name
         path.write_bytes(png)
         written.append(path)
@@ -306,11 +310,12 @@ def write_figure_files(report: Report, directory: Path) -> list[Path]:
 def write_report_files(report: Report, directory: Path) -> list[Path]:
     """The figures, ``report.md`` and ``report.html`` (self-contained) in ``directory``;
     attached to the study's parent run (under ``report/``)."""
-    files = write_figure_files(report, directory)
-    for fmt, name in (("markdown", "report.md"), ("html", "report.html")):
-        path = directory / name
-        path.write_text(render(report, fmt))
-        files.append(path)
+    images = figure_images(report)
+    files = write_figure_files(report, directory, images)
+    (directory / "report.md").write_text(render(report, "markdown"))
+    page = _html(report, sections(report, numeric=False), images)
+    (directory / "report.html").write_text(page)
+    files += [directory / "report.md", directory / "report.html"]
     if report.parent_run_id is not None:
         report.tracker.attach_report(report.parent_run_id, files)
     return files
