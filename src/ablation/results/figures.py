@@ -155,7 +155,7 @@ def ablation_effects(
     axis.legend(handles=handles, fontsize="small", loc="best")
     axis.set_xlabel(
         xlabel
-        or "effect on test accuracy, points (dot: mean over seeds; line: 95% interval over "
+        or "effect on test accuracy, points (dot: mean over seeds; line: 95% interval, "
         "seeds and test images; dotted: test images only)"
     )
     axis.grid(axis="x", alpha=0.3)

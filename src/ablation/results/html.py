@@ -32,7 +32,7 @@ VERDICTS = ("gain", "loss", "negligible", "undecided")
 STYLE = """
 :root { --gain: #1a7f37; --loss: #c62828; --negligible: #57606a; --undecided: #9a6700; }
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328;
-       max-width: 72rem; margin: 2rem auto; padding: 0 1.5rem; }
+       max-width: 100rem; margin: 2rem auto; padding: 0 1.5rem; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; }
 h2 { font-size: 1.2rem; margin-top: 2.2rem; border-bottom: 1px solid #d0d7de; }
 p.headline { font-size: 1.05rem; color: #424a53; }
@@ -42,6 +42,7 @@ table { border-collapse: collapse; margin: .6rem 0; font-size: .88rem;
 th, td { padding: .3rem .6rem; border-bottom: 1px solid #d8dee4; text-align: left;
          vertical-align: top; }
 th { background: #f6f8fa; font-weight: 600; }
+td.long { min-width: 18rem; }
 tr.blog td { background: #ddf4ff; }
 tr.blog td:first-child { font-weight: 600; }
 tr.chance td { color: #57606a; font-style: italic; border-top: 2px solid #8c959f; }
@@ -51,6 +52,7 @@ tr.chance td { color: #57606a; font-style: italic; border-top: 2px solid #8c959f
 .verdict.loss { background: var(--loss); }
 .verdict.negligible { background: var(--negligible); }
 .verdict.undecided { background: var(--undecided); }
+.wide { overflow-x: auto; }
 figure { margin: 1rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #d8dee4; }
 figcaption { color: #57606a; font-size: .85rem; }
@@ -59,6 +61,8 @@ figcaption { color: #57606a; font-size: .85rem; }
   body { max-width: none; margin: 0; font-size: 10pt; }
   h2 { break-after: avoid; }
   table, figure { break-inside: avoid; }
+  .wide { overflow: visible; }
+  table { font-size: 7.5pt; }
   tr.blog td { background: #ddf4ff !important; }
   .verdict { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
@@ -104,6 +108,7 @@ def table(frame: pd.DataFrame) -> str:
     """A frame as an HTML table: cells escaped, verdicts coloured, blog and chance rows marked."""
     columns = list(frame.columns)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    long = {c for c in columns if frame[c].astype(str).str.len().max() > 40}  # sentences
     rows = []
     for values in frame.itertuples(index=False):
         cells = dict(zip(columns, values, strict=True))
@@ -113,9 +118,15 @@ def table(frame: pd.DataFrame) -> str:
         if str(values[0]).startswith(CHANCE_PREFIX):
             classes.append("chance")
         row_class = f' class="{" ".join(classes)}"' if classes else ""
-        body = "".join(f"<td>{_cell(column, cells[column])}</td>" for column in columns)
+        body = "".join(
+            ('<td class="long">' if column in long else "<td>")
+            + _cell(column, cells[column])
+            + "</td>"
+            for column in columns
+        )
         rows.append(f"<tr{row_class}>{body}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<div class="wide">{table}</div>'  # scrolls sideways on a narrow screen
 
 
 def figure(name: str, caption: str, png: bytes) -> str:

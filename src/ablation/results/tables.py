@@ -157,9 +157,10 @@ def _estimate_columns(effect: Estimate, *, numeric: bool) -> dict[str, Any]:
     points = "—" if effect.estimate is None else f"{100 * effect.estimate:+.1f}"
     return {
         "effect (points)": points,
+        "95% interval (both)": _points(intervals[""]),
+        "verdict": effect.verdict,
         "seed interval": _points(intervals["seed"]),
         "test-set interval": _points(intervals["test"]),
-        "95% interval (both)": _points(intervals[""]),
         "seeds": effect.seeds,
         "collapsed trials": effect.collapsed or "",
     }
