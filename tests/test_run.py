@@ -55,6 +55,7 @@ def test_dry_run_says_each_backbones_precision(tmp_path: Path) -> None:
             ["space.rotation.when={augmnt: true}"],
             "rotation.when names 'augmnt', which is not in the space",
         ),
+        (["space.augment.choice=[true"], "'[true' is not valid YAML (expected ',' or ']'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

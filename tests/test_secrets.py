@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from ablation.best import _check_loads
 from ablation.errors import UserError, first_line
 from ablation.redaction import redact, redact_output
 from ablation.study.runner import sweep_yaml
+from ablation.study.storage import lock
 from ablation.sweep.config import load_sweep
 from ablation.ui import mlflow_server
 from conftest import REPO, run_module
@@ -57,6 +60,20 @@ tracking: {{experiment: secret}}
             "from 'http://a:x@h1' to \"https://b:y@h2/p\"",
             "from 'http://a:***@h1' to \"https://b:***@h2/p\"",
         ),
+        # A password may hold any character the URL grammar allows, a quote too.
+        ("postgresql://user:pa'ss@host/db", "postgresql://user:***@host/db"),
+        ('open "postgresql://user:pa\'ss@host/db"', 'open "postgresql://user:***@host/db"'),
+        ("open 'postgresql://user:pa'ss@host/db'.", "open 'postgresql://user:***@host/db'."),
+        ("'postgresql://u:pa\\'s\"s@h/d'", "'postgresql://u:***@h/d'"),  # repr of both quotes
+        ("mysql://u:pa%27ss%40%2F%3A@h/d", "mysql://u:***@h/d"),
+        ("https://u:!$&'()*+,;=:~-._@h", "https://u:***@h"),
+        ("postgresql://o'neil:pw@h/d", "postgresql://o'neil:***@h/d"),
+        ("'postgresql://h/d?password=pa'ss' (x)", "'postgresql://h/d?password=***' (x)"),
+        (
+            "postgresql://h/d?password=pa'ss&sslmode=require",
+            "postgresql://h/d?password=***&sslmode=require",
+        ),
+        ("['--storage', 'mysql://u:pw@h/d']", "['--storage', 'mysql://u:***@h/d']"),
     ],
 )
 def test_redact_hides_the_password_and_keeps_the_rest(url: str, shown: str) -> None:
@@ -203,16 +220,48 @@ def database_text(url: str) -> str:
     return "\n".join(rows)
 
 
-def assert_nowhere(password: str, *folders: Path) -> None:
-    """No file under ``folders`` holds the password (as bytes, anywhere in it)."""
-    needle = password.encode()
+def fresh_password(form: str = "pw{0}") -> tuple[str, list[str]]:
+    """A new password as a URL holds it (``form`` with fresh tokens for ``{0}``, ``{1}``...)
+    and those tokens: a password shown whole or in part shows one of them."""
+    tokens = [f"pw{uuid.uuid4().hex[:12]}" for _ in range(form.count("{"))]
+    return form.format(*tokens), tokens
+
+
+# A quote and a percent-escape: both allowed in a URL's password.
+QUOTED = "{0}'{1}%40{2}"
+
+
+def leaks(secrets: list[str], *texts: str) -> list[str]:
+    """The secrets that any of ``texts`` shows."""
+    return [secret for secret in secrets if any(secret in text for text in texts)]
+
+
+def assert_nowhere(secrets: str | list[str], *folders: Path) -> None:
+    """No file or folder under ``folders`` holds a secret in its name, no file in its bytes."""
+    needles = [secrets] if isinstance(secrets, str) else secrets
     holding = [
         str(path)
         for folder in folders
         for path in folder.rglob("*")
-        if path.is_file() and needle in path.read_bytes()
+        if leaks(needles, str(path.relative_to(folder)))
+        or (path.is_file() and any(n.encode() in path.read_bytes() for n in needles))
     ]
     assert holding == []
+
+
+def family_commands(root: int) -> dict[int, str]:
+    """What ``ps`` shows now of a process and all its descendants: pid to command line
+    (whole: ``-ww``, else ps cuts lines at the width it guesses, 80 under pytest)."""
+    listing = subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    table = [line.split(None, 2) for line in listing.splitlines() if line.strip()]
+    family, grown = {root}, True
+    while grown:  # children, grandchildren, ... (mlflow's server has uvicorn's workers)
+        children = {int(pid) for pid, ppid, *_ in table if int(ppid) in family}
+        grown = not children <= family
+        family |= children
+    return {int(pid): rest[0] for pid, _, *rest in table if int(pid) in family and rest}
 
 
 def run_watching_processes(
@@ -230,14 +279,7 @@ def run_watching_processes(
     seen: dict[int, str] = {}
     try:
         while process.poll() is None:
-            listing = subprocess.run(
-                ["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True
-            ).stdout
-            table = [line.split(None, 2) for line in listing.splitlines() if line.strip()]
-            family = {process.pid}
-            for _ in range(3):  # children and grandchildren
-                family |= {int(pid) for pid, ppid, *_ in table if int(ppid) in family}
-            seen |= {int(pid): rest[0] for pid, _, *rest in table if int(pid) in family and rest}
+            seen |= family_commands(process.pid)
             time.sleep(0.3)
         stdout, stderr = process.communicate(timeout=60)
     finally:
@@ -250,10 +292,11 @@ def run_watching_processes(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("form", ["{0}", QUOTED], ids=["plain", "quote"])
 def test_a_password_in_the_urls_is_recorded_nowhere(
-    tmp_path: Path, small_data: Path, database: str, server: str
+    tmp_path: Path, small_data: Path, database: str, server: str, form: str
 ) -> None:
-    password = f"pw{uuid.uuid4().hex[:12]}"
+    password, secrets = fresh_password(form)
     storage = with_password(database, "postgres", password)
     tracking = with_password(server, "bob", password)
     work = tmp_path / "work"
@@ -267,7 +310,7 @@ def test_a_password_in_the_urls_is_recorded_nowhere(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert trials, "no trial process was seen"
-    assert not [line for line in trials if password in line]  # ps of a running trial
+    assert leaks(secrets, *trials) == []  # ps of a running trial
     assert f"MLflow: http://bob:***@{server.removeprefix('http://')}" in result.stdout
     assert "Optuna: postgresql://postgres:***@127.0.0.1" in result.stdout
     outputs = [result.stdout, result.stderr]
@@ -288,9 +331,8 @@ def test_a_password_in_the_urls_is_recorded_nowhere(
     recorded = client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))
     assert "storage: postgresql://postgres:***@" in Path(recorded).read_text()
     assert "uri: http://bob:***@" in Path(recorded).read_text()
-    for text in [*outputs, database_text(database)]:
-        assert password not in text
-    assert_nowhere(password, tmp_path)
+    assert leaks(secrets, *outputs, database_text(database)) == []
+    assert_nowhere(secrets, tmp_path)
 
 
 @pytest.mark.slow
@@ -329,3 +371,123 @@ def test_the_environment_carries_the_secrets_and_no_command_line_shows_them(
     for text in (result.stdout, result.stderr, database_text(database)):
         assert password not in text
     assert_nowhere(password, tmp_path)
+
+
+# -- a storage URL never names a file; the UI's store is on no command line ---------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://postgres:{}@127.0.0.1:5432/optuna",
+        "postgres+psycopg://postgres:{}@127.0.0.1:5432/optuna",
+        "oracle://scott:{}@127.0.0.1:1521/optuna",
+        "postgresql:/postgres:{}@127.0.0.1:5432/optuna",
+    ],
+)
+def test_a_storage_no_lock_guards_is_refused_and_names_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """Such a URL used to become the path of a lock beside a journal file, password and all."""
+    password, secrets = fresh_password(QUOTED)
+    url = url.format(password)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as refused:
+        load_sweep(REPO / "sweeps" / "blog.yaml", [f"study.storage={url}"])
+    message = str(refused.value)
+    assert "study.storage: " in message
+    assert "allowed: " in message or "write postgresql://" in message
+    monkeypatch.setenv("ABLATION_STORAGE", url)
+    with pytest.raises(UserError):
+        load_sweep(REPO / "sweeps" / "blog.yaml")
+    with pytest.raises(UserError) as refused, lock(url, "schema"):
+        pass
+    assert leaks(secrets, str(refused.value)) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_storage_with_a_driver_is_locked_beside_its_file(tmp_path: Path) -> None:
+    with lock(f"sqlite+pysqlite:///{tmp_path}/optuna.db?timeout=10", "schema"):
+        assert [p.name for p in tmp_path.iterdir()] == ["optuna.schema.lock"]
+
+
+def test_a_lock_on_postgresql_with_a_driver_holds_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str
+) -> None:
+    password, _ = fresh_password(QUOTED)
+    url = with_password(database, "postgres", password).replace(
+        "postgresql:", "postgresql+psycopg:"
+    )
+    monkeypatch.chdir(tmp_path)
+    with lock(url, "schema"):
+        assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_postgres_url_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    password, secrets = fresh_password(QUOTED)
+    url = f"postgres://postgres:{password}@127.0.0.1:5432/optuna"
+    for args in (["--storage", url], ["--set", f"study.storage={url}"]):
+        result = run_module("ablation.run", str(REPO / "sweeps" / "blog.yaml"), *args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr
+        assert errors[0].endswith(
+            "study.storage: 'postgres://' is an alias SQLAlchemy refuses; "
+            "write postgresql:// (or postgresql+DRIVER://)"
+        )
+        assert leaks(secrets, result.stdout, result.stderr) == []
+    assert_nowhere(secrets, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_ui_on_a_database_shows_its_password_on_no_command_line(
+    tmp_path: Path, small_data: Path, database: str
+) -> None:
+    """``ablation.ui`` on a PostgreSQL store (the URI in the environment, as a user keeps it
+    off ``ps``): the MLflow server it starts gets the URI in its environment, too."""
+    from mlflow import MlflowClient
+
+    password, secrets = fresh_password(QUOTED)
+    tracking = with_password(database, "postgres", password)
+    MlflowClient(tracking_uri=tracking).create_experiment("secret")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.format(data=small_data))
+    port, output = free_port(), tmp_path / "ui.out"
+    with output.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ablation.ui", str(sweep), "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    seen: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while "MLflow UI for study" not in output.read_text() and process.poll() is None:
+            assert time.monotonic() < deadline, output.read_text()[-3000:]
+            seen |= family_commands(process.pid)
+            time.sleep(0.3)
+        seen |= family_commands(process.pid)  # the server and its workers, all up
+        served = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        experiment = served.get_experiment_by_name("secret")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert process.returncode == 0, output.read_text()[-3000:]
+    assert experiment is not None  # the server opened the database, not a default store
+    assert [line for line in seen.values() if " mlflow " in line and " ui " in line]
+    assert leaks(secrets, *seen.values(), output.read_text()) == []
+    assert_nowhere(secrets, tmp_path)
+
+
+def test_a_model_that_holds_code_does_not_load(tmp_path: Path) -> None:
+    """``ablation.best`` loads a trial's model from its store, perhaps a remote one: Keras's
+    safe mode refuses to run the code a Lambda layer carries."""
+    import keras
+
+    inputs = keras.Input((2,))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(tmp_path / "m.keras")
+    with pytest.raises(UserError, match="the best trial's model does not load"):
+        _check_loads(tmp_path / "m.keras")

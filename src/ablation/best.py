@@ -157,7 +157,9 @@ def _check_loads(path: Path) -> tuple[int | None, ...]:
     import keras
 
     try:
-        model = keras.saving.load_model(path, compile=False)
+        # The file comes from a store, perhaps a remote one: never run code it holds (a
+        # Lambda layer's); safe_mode is Keras's default, said here so it stays.
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # a corrupt or foreign file
         raise UserError(f"the best trial's model does not load ({first_line(exc)})") from None
     return tuple(model.input_shape)

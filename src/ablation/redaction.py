@@ -27,25 +27,50 @@ from typing import Any
 
 MASK = "***"
 
-# scheme://user:password@  (the password may hold ':' and '/', never '@', a space or a quote)
-_USERINFO = re.compile(
-    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):(?P<password>[^@\s'\"]+)@"
+# A URL, and the quote just before it if any. It runs to a space, or a double quote outside
+# '...' (the URL grammar allows neither); a single quote is part of it: RFC 3986 allows one
+# in a password.
+_URL = re.compile(
+    r"(?:(?P<single>')|(?P<double>\")?)"
+    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.\-]*://(?(single)\S*|[^\s\"]*))"
 )
+# scheme://user:password@  (the password may hold ':', '/' and quotes, never '@')
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*):(?P<password>[^@]+)@")
 # ?password=...  &token=...  (libpq, SQLAlchemy and most HTTP APIs take these in the query)
 _QUERY = re.compile(
     r"(?P<head>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|secret)=)"
-    r"(?P<password>[^&#\s'\"]+)",
+    r"(?P<password>[^&#]+)",
     re.IGNORECASE,
 )
+# What may follow a URL's closing quote: punctuation, never a password's characters.
+_AFTER_QUOTE = re.compile(r"'[)\]}>,.;:!?]*$")
 
 
 def redact(text: str) -> str:
     """``text`` (a URL, or any message holding URLs) with every URL's password as ``***``.
 
-    Text without a URL, and URLs without a password, come back unchanged.
+    Text without a URL, and URLs without a password, come back unchanged. A password
+    may hold any character the URL grammar allows (``'`` too, and ``%``-escapes).
+
+    >>> redact("cannot open postgresql://u:it's%40@db/optuna (timeout)")
+    'cannot open postgresql://u:***@db/optuna (timeout)'
+    >>> redact("at 'postgresql://db/optuna?password=s3cret' (timeout)")
+    "at 'postgresql://db/optuna?password=***' (timeout)"
     """
-    text = _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", text)
-    return _QUERY.sub(lambda m: f"{m['head']}{MASK}", text)
+    return _URL.sub(_redact_url, text)
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    url, closing = match["url"], ""
+    if match["single"]:
+        # In '...' the URL ends at the last quote before punctuation, if one is there: a
+        # password's quote is followed by more of the password.
+        after = _AFTER_QUOTE.search(url)
+        if after:
+            url, closing = url[: after.start()], after[0]
+    url = _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", url)
+    url = _QUERY.sub(lambda m: f"{m['head']}{MASK}", url)
+    return f"{match['single'] or match['double'] or ''}{url}{closing}"
 
 
 def redacted(data: Any) -> Any:

@@ -5,11 +5,11 @@ Usage::
     python -m ablation.ui sweeps/blog.yaml            # http://127.0.0.1:5000
     python -m ablation.ui sweeps/blog.yaml --port 5001 --set tracking.uri=...
 
-It starts ``mlflow ui`` on the sweep's SQLite store (with one worker: enough for
-one person, and light on a laptop), prints the address of the study's runs in
-the "Model training" view (where the trials are nested under the study's run),
-and stops the server, with every process it started, on Ctrl-C, ``kill`` (SIGTERM)
-or a closed terminal (SIGHUP). A sweep whose
+It starts ``mlflow ui`` on the sweep's store, a SQLite file or a database (with one
+worker: enough for one person, and light on a laptop; a password never on its command
+line), prints the address of the study's runs in the "Model training" view (where the
+trials are nested under the study's run), and stops the server, with every process it
+started, on Ctrl-C, ``kill`` (SIGTERM) or a closed terminal (SIGHUP). A sweep whose
 ``tracking.uri`` is already a server just gets that server's address.
 """
 
@@ -69,28 +69,20 @@ def mlflow_server(
 
     One worker (enough for a study's writers, light on a laptop). The server runs
     in its own process group: mlflow's uvicorn workers and job consumers outlive a
-    SIGTERM to their parent, so the whole group is ended on the way out.
+    SIGTERM to their parent, so the whole group is ended on the way out. The store's
+    URI reaches it in the environment, never on its command line.
     """
-    arguments = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        command,
-        "--backend-store-uri",
-        backend_store_uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    arguments = [sys.executable, "-m", "mlflow", command]
+    arguments += ["--host", host, "--port", str(port), "--workers", "1"]
+    # A database URI holds a password, and `ps` shows every command line to every user;
+    # `mlflow server` (and `mlflow ui`, its alias) reads these two as its options' envvars.
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
     if artifacts_destination is not None:
-        arguments += ["--artifacts-destination", artifacts_destination]
+        env["MLFLOW_ARTIFACTS_DESTINATION"] = artifacts_destination
     # Its log goes to a file: a pipe nobody reads would fill up and stall the server.
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(
-            arguments, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log
+            arguments, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log
         )
         base_url = f"http://{host}:{port}"
         try:

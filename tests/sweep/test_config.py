@@ -7,6 +7,7 @@ import pytest
 from ablation.errors import UserError
 from ablation.sweep.config import load_sweep
 from ablation.sweep.factors import Configuration
+from ablation.sweep.stores import dialect, is_database, storage_problem
 
 REPO = Path(__file__).resolve().parents[2]
 BLOG = REPO / "sweeps" / "blog.yaml"
@@ -167,10 +168,45 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
         (["train=1"], "train: Input should be a valid dictionary"),
         (["train.epochs.x=1"], "train.epochs is a value, not a section"),
         (["nonsense"], "expected dotted.key=value"),
+        (
+            ["space.augment.choice=[true"],
+            "--set 'space.augment.choice=[true': '[true' is not valid YAML (expected ',' or "
+            "']', but got '<stream end>'); allowed: a YAML value such as 1, true, [a, b] or "
+            '{k: v}, or a string in double quotes ("...")',
+        ),
+        (["data.source=a: b: c"], "'a: b: c' is not valid YAML (mapping values are not"),
+        (
+            ["study.storage=postgres://u:pw@db/optuna"],
+            "study.storage: 'postgres://' is an alias SQLAlchemy refuses; write postgresql://",
+        ),
+        (
+            ["study.storage=oracle://u:pw@db/optuna"],
+            "study.storage: oracle:// is not a database every process can lock; allowed: a "
+            "journal file path, or a database URL postgresql://, mysql://, mariadb:// or "
+            "sqlite:///FILE, each with an optional +driver",
+        ),
+        (["study.storage=sqlite://"], "study.storage: a SQLite storage needs a file"),
+        (["study.storage=db:optuna"], "study.storage: starts like a URL (scheme:) but has no '//'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides: list[str], expected: str) -> None:
     assert expected in error_of(BLOG, overrides)
+
+
+def test_a_storage_is_told_by_its_scheme_and_driver() -> None:
+    assert dialect("postgresql+psycopg2://h/d") == "postgresql"
+    assert dialect("mysql+pymysql://h/d") == "mysql" and dialect("runs/optuna.journal") is None
+    assert is_database("postgres://u:pw@h/d") and not is_database("runs/optuna.journal")
+    for url in ("sqlite+pysqlite:///runs/o.db", "mariadb+mariadbconnector://u:pw@h/d", "o.journal"):
+        assert storage_problem(url) is None, url
+    for url in ("postgres://u:pw@h/d", "oracle+cx://u:pw@h/d", "https://u:pw@h", "sqlite://"):
+        assert storage_problem(url) is not None, url
+
+
+def test_a_storage_from_the_environment_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ABLATION_STORAGE", "postgres://u:pw@db/optuna")
+    assert "'postgres://' is an alias" in error_of(BLOG)
+    assert "pw" not in error_of(BLOG)
 
 
 def test_a_range_is_sampled_by_tpe() -> None:

@@ -4,8 +4,9 @@
 trial's process (which reports its epochs to the pruner) open it the same way.
 
 ``study.storage`` is either a database URL (``postgresql://``, ``mysql://``,
-``sqlite:///``: Optuna's RDB storage, which machines share) or the path of a
-journal file (the default, ``mlruns/optuna.journal``). Optuna's journal file
+``mariadb://``, ``sqlite:///``, each with an optional ``+driver``: Optuna's RDB
+storage, which machines share) or the path of a journal file (the default,
+``mlruns/optuna.journal``); :func:`check_storage` refuses anything else. Optuna's journal file
 storage appends each change to a log under a file lock, so several worker
 processes on one machine never meet SQLite's "database is locked".
 
@@ -24,13 +25,12 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ablation.errors import UserError, first_line
 from ablation.files import locked
 from ablation.sweep.config import Sweep
-from ablation.sweep.stores import dialect, is_database, local_file
+from ablation.sweep.stores import ALLOWED, dialect, is_database, local_file, storage_problem
 
 if TYPE_CHECKING:
     import optuna
@@ -47,6 +47,7 @@ def open_storage(
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
+    check_storage(storage)
     try:
         file = local_file(storage)
         if file is not None:
@@ -66,8 +67,20 @@ def open_storage(
     except Exception as exc:  # SQLAlchemy and Optuna raise many kinds for a bad URL or path
         raise UserError(
             f"study.storage: cannot open Optuna storage {storage!r} ({first_line(exc)}); "
-            "allowed: a journal file path or a database URL (postgresql://, mysql://, sqlite:///)"
+            f"allowed: {ALLOWED}"
         ) from None
+
+
+def check_storage(storage: str) -> None:
+    """Refuse a ``study.storage`` that is neither a journal file nor a database whose
+    tables and grid every process can lock (:func:`lock`).
+
+    Raises:
+        UserError: One line saying what is wrong and what is allowed.
+    """
+    problem = storage_problem(storage)
+    if problem is not None:
+        raise UserError(f"study.storage: {problem}")
 
 
 def _engine_kwargs(url: str) -> dict[str, object]:
@@ -84,6 +97,7 @@ def lock(storage: str, name: str) -> Iterator[None]:
     enqueuing its missing grid points, so that two processes that start at once
     never collide or enqueue the same point twice.
     """
+    check_storage(storage)
     key = int(hashlib.sha256(f"ablation:{name}".encode()).hexdigest()[:15], 16)
     if dialect(storage) == "postgresql":
         import sqlalchemy
@@ -99,7 +113,7 @@ def lock(storage: str, name: str) -> Iterator[None]:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         engine.dispose()
         return
-    if dialect(storage) == "mysql":
+    if dialect(storage) in ("mysql", "mariadb"):
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(
@@ -117,8 +131,12 @@ def lock(storage: str, name: str) -> Iterator[None]:
                 )
         engine.dispose()
         return
-    # A file on this machine (SQLite database or journal): an flock beside it.
-    with locked((local_file(storage) or Path(storage)).with_suffix(f".{name}")):
+    # A file on this machine (SQLite database or journal): an flock beside it. Only such a
+    # file names a lock: a URL would put its password in a folder name.
+    file = local_file(storage)
+    if file is None:
+        raise UserError(f"study.storage: cannot lock {storage!r}; allowed: {ALLOWED}")
+    with locked(file.with_suffix(f".{name}")):
         yield
 
 

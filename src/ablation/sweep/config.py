@@ -50,7 +50,7 @@ from ablation.sweep.factors import (
     check_value,
     is_one_of,
 )
-from ablation.sweep.stores import sqlite_file, sqlite_url
+from ablation.sweep.stores import sqlite_file, sqlite_url, storage_problem
 
 Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]  # Keras's dtype policies
 
@@ -329,6 +329,8 @@ class Sweep(_Section):
     def _resolve_default_stores(self) -> Sweep:
         """Pin the default stores to absolute paths now, so a sweep means the same anywhere."""
         self.study.storage = self.study.storage_url()
+        if problem := storage_problem(self.study.storage):  # from the file or the environment
+            raise ValueError(f"study.storage: {problem}")
         self.tracking.uri = self.tracking.tracking_uri()
         if self.data.cache_dir is None:
             self.data.cache_dir = str((DEFAULT_OUTPUT_DIR / "cache").resolve())
@@ -353,8 +355,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
     Args:
         path: The YAML sweep file.
-        overrides: ``dotted.key=value`` strings; values are parsed as YAML, so
-            ``train.epochs=1`` sets an int and ``space.augment.choice=[true]`` a list.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML (invalid YAML is
+            refused): ``train.epochs=1`` sets an int, ``space.augment.choice=[true]`` a list.
 
     Raises:
         UserError: One line naming the file, the key and what is allowed.
@@ -374,7 +376,8 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a sweep file is a mapping with sections {_sections()}")
+        sections = ", ".join(Sweep.model_fields)
+        raise UserError(f"{path}: a sweep file is a mapping with sections {sections}")
     for override in overrides:
         _apply_override(raw, override)
     try:
@@ -383,18 +386,18 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise UserError(f"{path}: {describe_validation_error(exc)}") from None
 
 
-def _sections() -> str:
-    return ", ".join(Sweep.model_fields)
-
-
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"--set {override!r}: expected dotted.key=value, e.g. train.epochs=1")
     try:
         value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        value = text
+    except yaml.YAMLError as exc:  # taken as a string, a typo (an unclosed '[') would pass
+        raise UserError(
+            f"--set {override!r}: {text!r} is not valid YAML "
+            f"({getattr(exc, 'problem', None) or type(exc).__name__}); allowed: a YAML value "
+            'such as 1, true, [a, b] or {k: v}, or a string in double quotes ("...")'
+        ) from None
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -420,11 +423,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             text = error["msg"].removeprefix("Value error, ")
             got = error.get("input")
-            shown = (
-                ""
-                if isinstance(got, dict | list) or error["type"] == "value_error"
-                else (f" (got {got!r})")
-            )
+            plain = isinstance(got, dict | list) or error["type"] == "value_error"
+            shown = "" if plain else f" (got {got!r})"
             message = f"{loc}: {text}{shown}" if loc else f"{text}{shown}"
         messages.append(message)
     return "; ".join(messages)
