@@ -74,6 +74,7 @@ def assert_grid_done_once(study: optuna.Study, client: MlflowClient) -> list:  #
             "confusion_matrix.json",
             "confusion_matrix.png",
             "model.keras",
+            "test_predictions.csv",
         }
         (output,) = run.outputs.model_outputs  # the trial's logged model, and its data
         assert client.get_logged_model(output.model_id).source_run_id == run.info.run_id
