@@ -35,6 +35,7 @@ from ablation.results.report import (
     FORMATS,
     build_report,
     default_plot_dir,
+    figure_images,
     render,
     write_csv_tables,
     write_figure_files,
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--format {args.format!r} is unknown (allowed: {', '.join(FORMATS)})")
         sweep = load_sweep(args.sweep, args.overrides)
         report = build_report(sweep)
-        text = render(report, args.format)
+        plots = not args.no_plots and bool(report.configurations)
+        # Drawn once, for the HTML page and the figure files both.
+        images = figure_images(report) if plots or args.format == "html" else None
+        text = render(report, args.format, images=images)
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(text)
@@ -72,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"tables: {', '.join(str(p) for p in tables)}", file=sys.stderr)
         else:
             sys.stdout.write(text)
-        if not args.no_plots and report.configurations:
+        if plots:
             directory = args.output.parent if args.output else default_plot_dir(sweep)
-            written = write_figure_files(report, directory)
+            written = write_figure_files(report, directory, images)
             print(f"figures: {', '.join(str(p) for p in written)}", file=sys.stderr)
     except UserError as exc:
         return user_error(exc, args.debug)

@@ -199,11 +199,13 @@ def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Sect
     return [*found, Section("trials", "Trials (one row per trial)", trials)]
 
 
-def render(report: Report, fmt: str, *, short: bool = False) -> str:
+def render(
+    report: Report, fmt: str, *, short: bool = False, images: dict[str, bytes] | None = None
+) -> str:
     """The report as Markdown, CSV, HTML or LaTeX text. ``short``: configurations only.
 
     CSV is the configurations table alone (:func:`write_csv_tables` writes the others).
-    HTML is one page with the figures in it.
+    HTML is one page with the figures in it (``images``, if drawn already, else drawn).
     """
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is unknown (allowed: {', '.join(FORMATS)})")
@@ -211,7 +213,7 @@ def render(report: Report, fmt: str, *, short: bool = False) -> str:
         return sections(report, numeric=True, short=True)[0].frame.to_csv(index=False)
     found = sections(report, numeric=False, short=short)
     if fmt == "html":
-        return _html(report, found)
+        return _html(report, found, images)
     out = io.StringIO()
     if fmt == "markdown":
         out.write(f"{headline(report)}\n")
@@ -313,8 +315,7 @@ def write_report_files(report: Report, directory: Path) -> list[Path]:
     images = figure_images(report)
     files = write_figure_files(report, directory, images)
     (directory / "report.md").write_text(render(report, "markdown"))
-    page = _html(report, sections(report, numeric=False), images)
-    (directory / "report.html").write_text(page)
+    (directory / "report.html").write_text(render(report, "html", images=images))
     files += [directory / "report.md", directory / "report.html"]
     if report.parent_run_id is not None:
         report.tracker.attach_report(report.parent_run_id, files)

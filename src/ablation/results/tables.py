@@ -167,6 +167,7 @@ def _estimate_columns(effect: Estimate, *, numeric: bool) -> dict[str, Any]:
 
 
 def _verdict_columns(effect: Estimate) -> dict[str, Any]:
+    """The verdict (the shown form has it beside the effect already) and its basis."""
     return {"verdict": effect.verdict, "what the interval covers": effect.basis}
 
 
