@@ -122,7 +122,7 @@ def decode_child(source: str, size: int, cache_dir: str, results: Any) -> None:
     import tensorflow as tf  # noqa: F401  (imported first: the baseline includes it)
 
     from ablation.data.images import load_images
-    from ablation.sweep.config import Data
+    from ablation.sweep.sections import Data
 
     baseline = memory_mib()
     started = time.monotonic()

@@ -43,8 +43,8 @@ def main() -> None:
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     from ablation.model.builders import build_model, inference_copy
-    from ablation.sweep.config import PretrainedWeights
     from ablation.sweep.factors import Configuration
+    from ablation.sweep.sections import PretrainedWeights
     from ablation.tracking.mlflow_objects import log_keras_model, model_signature
 
     store = Path(tempfile.mkdtemp(prefix="bench-logged-model-"))

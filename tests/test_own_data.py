@@ -13,7 +13,8 @@ from ablation.data.folders import find_layout, list_images, split_classes
 from ablation.data.images import load_images
 from ablation.errors import UserError
 from ablation.study.plan import data_line
-from ablation.sweep.config import Data, load_sweep
+from ablation.sweep.config import load_sweep
+from ablation.sweep.sections import Data
 from conftest import REPO, SHARED, run_module
 
 FLOWERS = SHARED / "data" / "flowers"

@@ -23,8 +23,9 @@ from ablation.autotune.feature_batch import (
     measure_in_process,
     resolve_auto,
 )
-from ablation.sweep.config import PretrainedWeights, Sweep
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
+from ablation.sweep.sections import PretrainedWeights
 from conftest import CATS_AND_DOGS, SMALL_WEIGHTS, frozen_sweep
 
 MOBILENET = Configuration(backbone="mobilenet_v2")

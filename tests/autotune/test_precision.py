@@ -25,8 +25,9 @@ from ablation.autotune.precision import (
     timed_shapes,
 )
 from ablation.autotune.timings import machine_identity, machine_key
-from ablation.sweep.config import PretrainedWeights, Sweep, Train
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
+from ablation.sweep.sections import PretrainedWeights, Train
 from conftest import CATS_AND_DOGS, SMALL_WEIGHTS, frozen_sweep
 
 

@@ -11,7 +11,7 @@ import pytest
 from ablation.data.folders import list_images, resolve_source, split_validation
 from ablation.data.images import load_images
 from ablation.errors import UserError
-from ablation.sweep.config import Data
+from ablation.sweep.sections import Data
 from conftest import copy_images
 
 

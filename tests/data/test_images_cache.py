@@ -17,7 +17,8 @@ from ablation.data.folders import LAYOUTS, list_images, split_classes, split_val
 from ablation.data.images import Images, decode, load_images, read_images, write_images
 from ablation.data.pipeline import train_dataset
 from ablation.study.runner import _images_folder
-from ablation.sweep.config import Data, load_sweep
+from ablation.sweep.config import load_sweep
+from ablation.sweep.sections import Data
 from conftest import REPO, SHARED, copy_images
 
 FLOWERS = SHARED / "data" / "flowers"

@@ -14,8 +14,8 @@ from ablation.model.builders import (
     unfreeze_top,
     weights_fingerprint,
 )
-from ablation.sweep.config import Precision, PretrainedWeights, Train
 from ablation.sweep.factors import Configuration
+from ablation.sweep.sections import Precision, PretrainedWeights, Train
 from ablation.sweep.space import BLOG_MODELS, configuration
 from conftest import SMALL_WEIGHTS, WEIGHTS
 

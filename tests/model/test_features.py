@@ -24,8 +24,9 @@ from ablation.model.features import (
     plan_features,
 )
 from ablation.model.training import train
-from ablation.sweep.config import Sweep, Train
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
+from ablation.sweep.sections import Train
 from conftest import SMALL_WEIGHTS, copy_images, frozen_sweep
 
 FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")

@@ -38,8 +38,9 @@ from typing import Any
 
 from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
 from ablation.model.builders import timing_network
-from ablation.sweep.config import Precision, PretrainedWeights, Sweep
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import BackboneName, Configuration
+from ablation.sweep.sections import Precision, PretrainedWeights
 from ablation.sweep.space import backbones
 
 CANDIDATES = (8, 32, 128)

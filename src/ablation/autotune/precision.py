@@ -2,7 +2,7 @@
 
 A policy as written (``float32``, ``mixed_bfloat16``, ``mixed_float16``) or one per
 backbone (``{cnn: mixed_bfloat16}``; a backbone left out computes in float32) is
-looked up by :meth:`ablation.sweep.config.Train.dtype_policy`. ``auto`` is decided
+looked up by :meth:`ablation.sweep.sections.Train.dtype_policy`. ``auto`` is decided
 by measurement: before any
 trial, :func:`ablation.study.runner.run_sweep` calls :func:`resolve_auto`, which times a
 few training steps of each backbone's :class:`Shape` in each candidate policy
@@ -15,7 +15,7 @@ timing. ``auto`` left unresolved (a model built outside a study: tests, bench, a
 dry run) computes in float32, which every machine computes.
 
 Example:
-    >>> from ablation.sweep.config import Train
+    >>> from ablation.sweep.sections import Train
     >>> from ablation.sweep.factors import Configuration
     >>> per_backbone = Train(precision={"cnn": "mixed_bfloat16"})
     >>> [per_backbone.dtype_policy(Configuration(backbone=b)) for b in ("cnn", "mobilenet_v2")]
@@ -39,8 +39,9 @@ from typing import Any, get_args
 
 from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
 from ablation.model.builders import timing_network
-from ablation.sweep.config import Precision, PretrainedWeights, Sweep
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import BackboneName, Configuration, is_one_of
+from ablation.sweep.sections import Precision, PretrainedWeights
 from ablation.sweep.space import backbones
 
 MARGIN = 0.10

@@ -36,7 +36,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from ablation.autotune.cores import available_cores, use_threads
 from ablation.errors import first_line
 from ablation.files import locked, write_atomically
-from ablation.sweep.config import PretrainedWeights, Sweep
+from ablation.sweep.config import Sweep
+from ablation.sweep.sections import PretrainedWeights
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ gather each batch from the arrays when it is needed, so TensorFlow never holds a
 copy of them either.
 
 Example:
-    >>> from ablation.sweep.config import Data
+    >>> from ablation.sweep.sections import Data
     >>> images = load_images(Data(source="../shared/data/cats_and_dogs", limit_per_class=5))
     >>> images.class_names, images.x_train.shape
     (['cats', 'dogs'], (10, 160, 160, 3))
@@ -62,7 +62,7 @@ from ablation.data.folders import (
 )
 from ablation.errors import UserError
 from ablation.redaction import redact
-from ablation.sweep.config import Data
+from ablation.sweep.sections import Data
 
 log = logging.getLogger(__name__)
 

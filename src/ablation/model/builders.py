@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ablation.errors import UserError, first_line
-from ablation.sweep.config import Precision, PretrainedWeights
 from ablation.sweep.factors import Configuration
+from ablation.sweep.sections import Precision, PretrainedWeights
 
 if TYPE_CHECKING:
     import keras

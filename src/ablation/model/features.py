@@ -25,7 +25,7 @@ full model would feed it (``tests/model/test_features.py`` checks the prediction
 the training curves).
 
 Example:
-    >>> from ablation.sweep.config import Train
+    >>> from ablation.sweep.sections import Train
     >>> from ablation.sweep.factors import Configuration
     >>> plan_features(Configuration(backbone="mobilenet_v2"), Train()).splits
     ('train', 'val', 'test')
@@ -52,8 +52,9 @@ from ablation.data.images import SPLITS, Images
 from ablation.data.pipeline import eval_dataset, train_dataset
 from ablation.files import write_atomically
 from ablation.model.builders import Network, in_policy, weights_fingerprint
-from ablation.sweep.config import Sweep, Train
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
+from ablation.sweep.sections import Train
 
 if TYPE_CHECKING:
     import keras

@@ -41,7 +41,8 @@ from ablation.results.tables import (
     trial_frame,
 )
 from ablation.sweep import space
-from ablation.sweep.config import DEFAULT_OUTPUT_DIR, Sweep
+from ablation.sweep.config import Sweep
+from ablation.sweep.sections import DEFAULT_OUTPUT_DIR
 from ablation.tracking.figures import DATA_FIGURES, confusion_matrix, png_bytes
 from ablation.tracking.records import (
     ARTIFACT_REPORT_DIR,

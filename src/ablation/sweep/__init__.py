@@ -4,8 +4,10 @@
   one searched choice (``Factor``), compared by value (``True`` is not ``1``);
 * :mod:`~ablation.sweep.stores`: the addresses of the Optuna and MLflow stores, read in
   one place;
-* :mod:`~ablation.sweep.config`: the YAML file, ``--set`` overrides, pydantic
-  validation (``Sweep``, ``load_sweep``);
+* :mod:`~ablation.sweep.sections`: the file's sections other than the space, one
+  pydantic model each (``Study``, ``Data``, ``Train``, ``PretrainedWeights``, ``Tracking``);
+* :mod:`~ablation.sweep.config`: the YAML file, ``--set`` overrides, what spans sections
+  (``Sweep``, ``load_sweep``);
 * :mod:`~ablation.sweep.space`: conditional factors, the grid, Optuna's suggestions,
   labels, the backbones a space can produce, the blog's four models.
 """

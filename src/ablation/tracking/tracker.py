@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from ablation.errors import UserError, first_line
 from ablation.redaction import redact
-from ablation.sweep.config import Sweep, Tracking
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Factor
+from ablation.sweep.sections import Tracking
 from ablation.sweep.space import typed_params
 from ablation.sweep.stores import is_server, sqlite_file
 from ablation.tracking.mlflow_objects import dataset_inputs, log_keras_model, register
