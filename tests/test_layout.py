@@ -52,7 +52,7 @@ LAYERS = [
     ["tracking.records", "tracking.confusion", "tracking.predictions"],
     ["tracking.mlflow_objects", "tracking.figures"],
     ["tracking.tracker"],
-    ["study.storage", "study.plan"],
+    ["study.storage", "study.plan", "study.fingerprint"],
     ["study.trial"],
     ["study.process"],
     ["study.workers"],

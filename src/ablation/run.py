@@ -10,7 +10,8 @@ Usage::
     python -m ablation.run sweeps/blog.yaml --storage postgresql://db/optuna \
         --tracking-uri http://db:5000                                # one of several machines
 
-Running the same command again continues the study: finished trials are kept.
+Running the same command again continues the study: finished trials are kept. A sweep
+whose settings changed is refused (a new ``study.name``, or ``--new-study``).
 Exit codes: 0 done, 1 some trials failed, 2 bad input, 130 interrupted.
 """
 
@@ -33,6 +34,7 @@ from ablation.cli import configure_logging, stop_on_signals, sweep_parser, user_
 from ablation.errors import UserError
 from ablation.redaction import redact
 from ablation.results.report import build_report, default_plot_dir, render, write_report_files
+from ablation.study.fingerprint import named
 from ablation.study.plan import plan, stores
 from ablation.study.runner import run_sweep
 from ablation.study.trial import TrialOutcome
@@ -141,6 +143,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="validate and print the plan without training"
     )
     parser.add_argument(
+        "--new-study",
+        action="store_true",
+        help="run under a new study named after the sweep's settings (study.name plus their "
+        "digest), never mixed with the study of a sweep whose settings differ; the same "
+        "command continues it",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -196,9 +205,22 @@ def main(argv: list[str] | None = None) -> int:
             console.print(line, highlight=False, markup=False)
         reporter = ConsoleReporter(console, live=args.workers == 1)
         try:
-            summary = run_sweep(sweep, reporter, workers=args.workers, threads=args.threads)
+            summary = run_sweep(
+                sweep,
+                reporter,
+                workers=args.workers,
+                threads=args.threads,
+                new_study=args.new_study,
+            )
         finally:
             reporter.close()
+        if summary.study_name != sweep.study.name:  # --new-study
+            sweep = named(sweep, summary.study_name)
+            console.print(
+                f"new study {summary.study_name!r}; the other commands find it with "
+                f"--set study.name={summary.study_name}",
+                highlight=False,
+            )
     except UserError as exc:
         return user_error(exc, args.debug)
     except KeyboardInterrupt:

@@ -38,6 +38,7 @@ from ablation.data.images import Images, load_images, write_images
 from ablation.errors import UserError
 from ablation.model.builders import mobilenet_v2_base, weights_fingerprint
 from ablation.redaction import redact, redacted
+from ablation.study.fingerprint import as_new_study, hold_settings, settings_tags, study_settings
 from ablation.study.plan import grid_points
 from ablation.study.process import SpareProcesses
 from ablation.study.storage import (
@@ -86,7 +87,12 @@ def sweep_yaml(sweep: Sweep) -> str:
 
 
 def run_sweep(
-    sweep: Sweep, reporter: Reporter | None = None, *, workers: int = 1, threads: int | None = None
+    sweep: Sweep,
+    reporter: Reporter | None = None,
+    *,
+    workers: int = 1,
+    threads: int | None = None,
+    new_study: bool = False,
 ) -> StudySummary:
     """Run (or continue) the sweep's study and record every trial in MLflow.
 
@@ -95,9 +101,13 @@ def run_sweep(
         reporter: Receives progress.
         workers: Trials side by side, each process with ``threads``
             (:mod:`ablation.autotune.cores`).
+        new_study: Run under :func:`ablation.study.fingerprint.new_study_name` (the
+            summary's ``study_name``), not ``study.name``.
 
     Raises:
-        UserError: Bad data, weights, storage or tracking URI; found before any training.
+        UserError: Bad data, weights, storage or tracking URI, or a study of this name
+            recorded with other settings (:mod:`ablation.study.fingerprint`); found before
+            any training.
         KeyboardInterrupt: After recording the interrupted trial as failed.
     """
     if workers > 1 and sweep.study.isolation != "process":
@@ -110,6 +120,7 @@ def run_sweep(
             workers,
             share_of_cores(workers, threads=threads),
             spares,
+            new_study=new_study,
         )
     finally:
         for spare in spares:
@@ -117,14 +128,26 @@ def run_sweep(
 
 
 def _run_sweep(
-    sweep: Sweep, reporter: Reporter, workers: int, threads: int, spares: list[SpareProcesses]
+    sweep: Sweep,
+    reporter: Reporter,
+    workers: int,
+    threads: int,
+    spares: list[SpareProcesses],
+    *,
+    new_study: bool,
 ) -> StudySummary:
     images = load_images(sweep.data)
     if space.uses_pretrained(sweep.space):
         _check_weights(sweep)
+    identity, weights = _identity(sweep, images), _weights_identity(sweep)
+    settings = study_settings(sweep, identity, weights)
+    if new_study:
+        sweep = as_new_study(sweep, settings)
     opened = open_study(sweep)
     study = opened.study
     tracker = Tracker(sweep.tracking, sweep.experiment_name)
+    with lock(sweep.study.storage_url(), f"study-{sweep.study.name}"):
+        hold_settings(study, tracker, settings)
     written = sweep  # as the user wrote it (precision: auto): the study run's sweep.yaml
     # From here on one policy and one feature batch size per backbone, for the trials
     # too (timed with no trial process yet to disturb the timing).
@@ -132,27 +155,15 @@ def _run_sweep(
     sweep, batches = feature_batch.resolve_auto(sweep, threads=threads)
     if sweep.study.isolation == "process":  # each worker's first trial process gets ready now
         spares += [SpareProcesses(sweep, threads) for _ in range(workers)]
-    identity = _identity(sweep, images)
-    weights = _weights_identity(sweep)
-    # Under the study's lock, so that processes joining at once (several machines)
-    # share one parent run and never enqueue a grid point twice.
-    with lock(sweep.study.storage_url(), f"study-{sweep.study.name}"):
-        parent_id = tracker.study_run(
-            sweep.study.name,
-            {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **identity, **weights},
-            sweep_yaml(written),
-        )
-        _recover_dead_trials(study, tracker)
-        planned, to_run = _enqueue(study, sweep)
+    parent_id, planned, to_run = _start_study(
+        study, tracker, sweep, sweep_yaml(written), {**identity, **weights}, settings
+    )
     for spare in spares:
         spare.stores_ready()
     _attach_data_pictures(sweep, images, tracker, parent_id)
-    for folder, timing in (
-        (ARTIFACT_PRECISION_DIR, precision),
-        (ARTIFACT_FEATURE_BATCH_DIR, batches),
-    ):
-        if timing:
-            tracker.log_json(parent_id, timing, f"{folder}/{machine_key(timing['machine'])}.json")
+    _log_timings(
+        tracker, parent_id, {ARTIFACT_PRECISION_DIR: precision, ARTIFACT_FEATURE_BATCH_DIR: batches}
+    )
     summary = StudySummary(sweep.study.name, parent_id, planned, planned - to_run)
     context = Context(
         sweep=sweep,
@@ -174,6 +185,41 @@ def _run_sweep(
     finally:
         tracker.end_study(parent_id, interrupted=interrupted)
     return summary
+
+
+def _start_study(
+    study: optuna.Study,
+    tracker: Tracker,
+    sweep: Sweep,
+    written: str,
+    params: dict[str, Any],
+    settings: dict[str, Any],
+) -> tuple[str, int, int]:
+    """Find or create the study's parent run, recover dead trials and enqueue what is
+    missing; the parent run's id, and how many trials are planned and to run.
+
+    Under the study's lock, so that processes joining at once (several machines) share
+    one parent run and never enqueue a grid point twice.
+    """
+    with lock(sweep.study.storage_url(), f"study-{sweep.study.name}"):
+        parent_id = tracker.study_run(
+            sweep.study.name,
+            {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **params},
+            written,
+            settings_tags(settings),
+        )
+        _recover_dead_trials(study, tracker)
+        planned, to_run = _enqueue(study, sweep)
+    return parent_id, planned, to_run
+
+
+def _log_timings(
+    tracker: Tracker, parent_id: str, timings: dict[str, dict[str, Any] | None]
+) -> None:
+    """The auto settings' timings on the study's run, one file per folder and machine."""
+    for folder, timing in timings.items():
+        if timing:
+            tracker.log_json(parent_id, timing, f"{folder}/{machine_key(timing['machine'])}.json")
 
 
 def _attach_data_pictures(sweep: Sweep, images: Images, tracker: Tracker, parent_id: str) -> None:

@@ -105,6 +105,9 @@ class TagName:
     )
     COLLAPSED = "ablation.collapsed"  # "true" or "false" (:mod:`ablation.tracking.predictions`)
     COLLAPSE_REASON = "ablation.collapse_reason"  # why, where COLLAPSED is "true"
+    # On the study's run: what decides its results (:mod:`ablation.study.fingerprint`).
+    SETTINGS = "ablation.settings"  # JSON, where it fits in a tag
+    SETTINGS_DIGEST = "ablation.settings_digest"
     ERROR = "error"
     PARENT = "mlflow.parentRunId"
     # On a trial's logged model and on a registered model version:

@@ -59,6 +59,7 @@ from ablation.tracking.records import (
 if TYPE_CHECKING:
     import keras
     from matplotlib.figure import Figure
+    from mlflow.entities import Run
 
     from ablation.data.images import Images
 
@@ -129,18 +130,20 @@ class Tracker:
 
     # -- the study's parent run ---------------------------------------------------------
 
-    def study_run(self, study_name: str, params: Mapping[str, Any], sweep_yaml: str) -> str:
-        """The study's parent run: found again on a re-run, created the first time."""
+    def study_run(
+        self,
+        study_name: str,
+        params: Mapping[str, Any],
+        sweep_yaml: str,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """The study's parent run: found again on a re-run, created the first time; ``tags``
+        are set on it either way."""
         from mlflow.entities import RunStatus
 
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TagName.ROLE}` = '{ROLE_STUDY}' "
-            f"and tags.`{TagName.STUDY}` = '{study_name}'",
-            max_results=1,
-        )
-        if runs:
-            run_id = runs[0].info.run_id
+        run = self._find_study_run(study_name)
+        if run is not None:
+            run_id = run.info.run_id
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
             run = self.client.create_run(
@@ -150,8 +153,24 @@ class Tracker:
             )
             run_id = run.info.run_id
             self._log_params(run_id, params)
+        for key, value in (tags or {}).items():
+            self.client.set_tag(run_id, key, value)
         self.client.log_text(run_id, sweep_yaml, ARTIFACT_SWEEP)
         return run_id
+
+    def study_tags(self, study_name: str) -> dict[str, str]:
+        """The tags of the study's parent run; empty where it has none yet."""
+        run = self._find_study_run(study_name)
+        return dict(run.data.tags) if run is not None else {}
+
+    def _find_study_run(self, study_name: str) -> Run | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TagName.ROLE}` = '{ROLE_STUDY}' "
+            f"and tags.`{TagName.STUDY}` = '{study_name}'",
+            max_results=1,
+        )
+        return runs[0] if runs else None
 
     def end_study(self, run_id: str, *, interrupted: bool = False) -> None:
         from mlflow.entities import RunStatus
