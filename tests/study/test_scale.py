@@ -231,8 +231,8 @@ def test_a_dead_machines_trial_runs_again_elsewhere(
     machine_b.communicate()
     time.sleep(5)  # longer than grace_seconds: its heartbeat is now stale
 
-    machine_a = subprocess.run(
-        command + ["--set", "train.epochs=2"],
+    machine_a = subprocess.run(  # the same sweep: a study never mixes two settings
+        command,
         cwd=tmp_path,
         capture_output=True,
         text=True,
