@@ -1,5 +1,5 @@
 """Adaptive seeds with known true effects: coverage, false clear calls and seeds spent when
-the study stops on what it has seen (``ablation.results.sequential``).
+the study stops on what it has seen (``ablation.effects.sequential``).
 
     .venv/bin/python bench/adaptive_simulation.py                  # 1,000 studies per row
     .venv/bin/python bench/adaptive_simulation.py --studies 200    # a quicker look
@@ -7,7 +7,7 @@ the study stops on what it has seen (``ablation.results.sequential``).
 
 The simulated study is ``effects_simulation.py``'s (4 contexts, two rotations sharing each
 control, 200 fresh test images, seed noise of 1 or 5 points, 3% collapsed trials): up to
-``max`` seeds are drawn, and the product's own :func:`ablation.results.sequential.decisions`
+``max`` seeds are drawn, and the product's own :func:`ablation.effects.sequential.decisions`
 looks after ``min`` seeds and after each further one, until the effect is decided. One
 effect per study (m = 1) is the least widened case: the hardest test of the false calls.
 
@@ -26,7 +26,7 @@ from collections import Counter
 import numpy as np
 from effects_simulation import DEPENDENTS, LEVELS, simulate_study, study_outcomes, true_effect
 
-from ablation.results.sequential import SeedRule, decisions
+from ablation.effects.sequential import SeedRule, decisions
 
 
 def run(

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ablation.results.effects import Effect, Outcome, _Pairs, _Settings, _statistics, effects
+from ablation.effects.estimates import Effect, Outcome, _Pairs, _Settings, _statistics, effects
 from ablation.sweep.factors import Params
 
 IMAGES = 200

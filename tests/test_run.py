@@ -56,6 +56,15 @@ def test_dry_run_says_each_backbones_precision(tmp_path: Path) -> None:
             "rotation.when names 'augmnt', which is not in the space",
         ),
         (["space.augment.choice=[true"], "'[true' is not valid YAML (expected ',' or ']'"),
+        # Adaptive seeds' rule (issue 24):
+        (["study.seeds={min: 3, max: 2}"], "study.seeds: min (3) must not be above max (2)"),
+        (["study.seeds={min: 1, max: 4}"], "study.seeds: min: Input should be greater than or"),
+        (["study.seeds={min: 2}"], "study.seeds: max: Field required (allowed: {min: N, max: M}"),
+        (["study.min_effect=0"], "study.min_effect: Input should be greater than 0"),
+        (
+            ["study.seeds={min: 2, max: 4}", "study.sampler=tpe", "study.trials=4"],
+            "'seeds: {min, max}' (adaptive seeds) is for the grid sampler",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -1,7 +1,6 @@
-"""Reading a study back from its MLflow records: what each choice contributed.
+"""Reading a study back from its MLflow records: what each choice contributed (the
+statistics are :mod:`ablation.effects`'s).
 
-* :mod:`~ablation.results.effects`: per-seed effects with seed, test-set and combined
-  intervals, verdicts, interactions (pure functions);
 * :mod:`~ablation.results.analysis`: configurations over seeds, collapsed seeds counted;
 * :mod:`~ablation.results.importance`: fANOVA importances, from the records alone;
 * :mod:`~ablation.results.tables`: the report's tables as pandas frames;

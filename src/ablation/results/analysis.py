@@ -3,7 +3,7 @@
 A :class:`ablation.tracking.records.TrialRecord` is one trial as MLflow recorded it.
 :func:`configuration_table` aggregates the seeds of each configuration (mean and sample
 standard deviation of validation and test accuracy, and how many seeds collapsed); what
-each design choice contributed is :mod:`ablation.results.effects`.
+each design choice contributed is :mod:`ablation.effects.estimates`.
 
 Only COMPLETE trials enter any mean; the others are counted apart. A collapsed trial (its
 network predicts one class, or learned nothing) is complete: its numbers are real

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ablation.effects.estimates import Outcome
 from ablation.results.analysis import ConfigurationRow
-from ablation.results.effects import Outcome
 from ablation.results.tables import Confusion
 from ablation.tracking.predictions import read_predictions
 from ablation.tracking.records import (

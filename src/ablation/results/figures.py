@@ -1,5 +1,5 @@
 """The report's figures, drawn from the records (:mod:`ablation.results.analysis`,
-:mod:`ablation.results.effects`): validation curves, test accuracy per configuration,
+:mod:`ablation.effects.estimates`): validation curves, test accuracy per configuration,
 the ablation's effects and their interactions, coloured by verdict.
 
 The pictures of the data and each trial's figures are drawn when they are recorded
@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from ablation.effects.estimates import ContextEffect, Effect, Estimate
 from ablation.results.analysis import ConfigurationRow
-from ablation.results.effects import ContextEffect, Effect, Estimate
 from ablation.results.tables import context_name
 from ablation.sweep import space
 from ablation.sweep.config import Sweep

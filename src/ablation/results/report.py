@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablation.errors import UserError
-from ablation.results.analysis import ConfigurationRow, configuration_table, state_counts
-from ablation.results.artifacts import best_confusion, test_outcomes
-from ablation.results.effects import (
+from ablation.effects.estimates import (
     ContextEffect,
     Effect,
     context_effects,
     effects,
     sign_changes,
 )
+from ablation.errors import UserError
+from ablation.results.analysis import ConfigurationRow, configuration_table, state_counts
+from ablation.results.artifacts import best_confusion, test_outcomes
 from ablation.results.figures import FIGURE_CAPTIONS, study_figures
 from ablation.results.html import Block, html_page
 from ablation.results.importance import Importance, param_importances

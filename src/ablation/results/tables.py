@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ablation.effects.estimates import ContextEffect, Effect, Estimate
 from ablation.results.analysis import ConfigurationRow
-from ablation.results.effects import ContextEffect, Effect, Estimate
 from ablation.results.importance import Importance
 from ablation.sweep import space
 from ablation.sweep.factors import Factor

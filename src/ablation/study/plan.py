@@ -21,9 +21,11 @@ from ablation.sweep.factors import Configuration, Params
 
 
 def grid_points(sweep: Sweep) -> list[tuple[Params, int]]:
-    """Every (configuration, seed) pair a grid study runs, each once: seed by seed, so that
-    a study stopped early has every configuration with its first seeds."""
-    return [(params, seed) for seed in sweep.study.seeds for params in space.grid(sweep.space)]
+    """Every (configuration, seed) pair a grid study runs, each once (an adaptive study: its
+    first round): seed by seed, so that a study stopped early has every configuration with
+    its first seeds."""
+    configurations = space.grid(sweep.space)
+    return [(params, seed) for seed in sweep.study.first_seeds for params in configurations]
 
 
 def plan(sweep: Sweep) -> list[str]:
@@ -34,8 +36,7 @@ def plan(sweep: Sweep) -> list[str]:
         configurations = space.grid(sweep.space)
         lines = [
             f"study {study.name!r}: grid of {len(configurations)} configuration(s) x "
-            f"{len(study.seeds)} seed(s) = {len(configurations) * len(study.seeds)} trial(s), "
-            f"{_epochs(sweep)}{_precision(sweep)}",
+            f"{_seeds(sweep, len(configurations))}, {_epochs(sweep)}{_precision(sweep)}",
             data_line(sweep),
         ]
         for params in configurations:
@@ -78,6 +79,20 @@ def stores(sweep: Sweep) -> str:
     return (
         f"Optuna: {redact(sweep.study.storage_url())}  "
         f"MLflow: {redact(sweep.tracking.tracking_uri())}"
+    )
+
+
+def _seeds(sweep: Sweep, configurations: int) -> str:
+    """The seeds and trials of a grid, e.g. ``2 seed(s) = 24 trial(s)``, or adaptive:
+    ``2 to 10 seeds = 24 to 120 trial(s), until each effect is decided within 1 point``."""
+    rule = sweep.study.adaptive
+    if rule is None:
+        seeds = len(sweep.study.first_seeds)
+        return f"{seeds} seed(s) = {configurations * seeds} trial(s)"
+    return (
+        f"{rule.min} to {rule.max} seeds = {configurations * rule.min} to "
+        f"{configurations * rule.max} trial(s), until each effect is decided within "
+        f"{100 * sweep.study.min_effect:g} point(s) (adaptive seeds)"
     )
 
 

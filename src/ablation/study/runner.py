@@ -41,6 +41,17 @@ from ablation.redaction import redact, redacted
 from ablation.study.fingerprint import as_new_study, hold_settings, settings_tags, study_settings
 from ablation.study.plan import grid_points
 from ablation.study.process import SpareProcesses
+from ablation.study.rounds import (
+    decisions_record,
+    enqueue_points,
+    finished_or_running,
+    next_round,
+    recorded_points,
+    rule_tags,
+    study_decisions,
+    unfinished_points,
+    wait_for_round,
+)
 from ablation.study.storage import (
     fail_dead_trials,
     lock,
@@ -59,20 +70,19 @@ from ablation.study.workers import (
 )
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
-from ablation.sweep.factors import Params
 from ablation.tracking.figures import data_figures, write_figures
-from ablation.tracking.records import ARTIFACT_FEATURE_BATCH_DIR, ARTIFACT_PRECISION_DIR, ParamName
+from ablation.tracking.records import (
+    ARTIFACT_DECISIONS,
+    ARTIFACT_FEATURE_BATCH_DIR,
+    ARTIFACT_PRECISION_DIR,
+    ParamName,
+)
 from ablation.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
-
-
-def point_key(params: Params, seed: int) -> str:
-    """The identity of a (configuration, seed) pair in the study: enqueued once."""
-    return json.dumps({"params": params, "seed": seed}, sort_keys=True)
 
 
 def sweep_yaml(sweep: Sweep) -> str:
@@ -177,14 +187,48 @@ def _run_sweep(
     )
     interrupted = True
     try:
-        if workers == 1:
-            work(study, context, summary)
-        else:
-            work_in_threads(study, context, summary, workers)
+        _work(study, context, summary, workers)
+        while _next_round(study, sweep, context, summary):
+            _work(study, context, summary, workers)
         interrupted = False
     finally:
         tracker.end_study(parent_id, interrupted=interrupted)
     return summary
+
+
+def _work(study: optuna.Study, context: Context, summary: StudySummary, workers: int) -> None:
+    if workers == 1:
+        work(study, context, summary)
+    else:
+        work_in_threads(study, context, summary, workers)
+
+
+def _next_round(study: optuna.Study, sweep: Sweep, context: Context, summary: StudySummary) -> bool:
+    """Adaptive seeds: once the round's trials have all ended (on every worker and machine),
+    enqueue the next round if an effect is undecided; whether there is one to run.
+
+    A round with a failed trial is not decided: the command exits 1, and running it again
+    retries the trial and goes on.
+    """
+    if sweep.study.adaptive is None or context.stop.is_set():
+        return False
+    wait_for_round(study)
+    with lock(sweep.study.storage_url(), f"study-{sweep.study.name}"):
+        if unfinished_points(study):
+            return False
+        points = next_round(study, sweep)
+        added = enqueue_points(study, points)
+    found = study_decisions(study, sweep)
+    records = context.records
+    records.tracker.log_json(records.parent_id, decisions_record(found, study), ARTIFACT_DECISIONS)
+    said = "; ".join(f"{d.effect.factor}={d.effect.level}: {d.describe()}" for d in found)
+    log.info("adaptive seeds: %s", said)
+    if not points:
+        return False
+    summary.planned += len(points)
+    with context.lock:
+        context.total += added
+    return True
 
 
 def _start_study(
@@ -206,7 +250,7 @@ def _start_study(
             sweep.study.name,
             {"sampler": sweep.study.sampler, "seeds": sweep.study.seeds, **params},
             written,
-            settings_tags(settings),
+            {**settings_tags(settings), **rule_tags(sweep)},
         )
         _recover_dead_trials(study, tracker)
         planned, to_run = _enqueue(study, sweep)
@@ -269,21 +313,16 @@ def _recover_dead_trials(study: optuna.Study, tracker: Tracker) -> None:
 
 def _enqueue(study: optuna.Study, sweep: Sweep) -> tuple[int, int]:
     """Enqueue what this invocation should run; how many trials are planned and to run."""
-    finished = _finished_or_running(study)
-
-    def enqueue(params: Params, seed: int) -> None:
-        if point_key(params, seed) not in finished:
-            study.enqueue_trial(params, user_attrs={"seed": seed, "point": point_key(params, seed)})
-
     if sweep.study.sampler == "grid":
         points = grid_points(sweep)
-        for params, seed in points:
-            enqueue(params, seed)
+        if sweep.study.adaptive is not None:  # and the later rounds' points run so far
+            points += [p for p in recorded_points(study) if p not in points]
+        enqueue_points(study, points)
         return len(points), len(waiting_trials(study))  # new points and any left waiting earlier
     planned = sweep.study.trials or 0
-    to_run = max(planned - len(finished), 0)
-    for params in sweep.study.try_first[:to_run]:
-        enqueue(params, sweep.study.seeds[0])
+    to_run = max(planned - len(finished_or_running(study)), 0)
+    first = sweep.study.first_seeds[0]
+    enqueue_points(study, [(params, first) for params in sweep.study.try_first[:to_run]])
     return planned, to_run
 
 
@@ -297,17 +336,6 @@ def _images_folder(sweep: Sweep, images: Images) -> Path | None:
     atexit.register(shutil.rmtree, private, ignore_errors=True)
     write_images(images, private / "images")
     return private / "images"
-
-
-def _finished_or_running(study: optuna.Study) -> set[str]:
-    """Grid keys (or trial numbers) of trials that need no new run."""
-    from optuna.trial import TrialState as OptunaState
-
-    keep = (OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.RUNNING, OptunaState.WAITING)
-    return {
-        t.user_attrs.get("point", str(t.number))
-        for t in study.get_trials(deepcopy=False, states=keep)
-    }
 
 
 def _check_weights(sweep: Sweep) -> None:

@@ -204,7 +204,7 @@ def open_study(sweep: Sweep) -> OptunaStudy:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seed = sweep.study.seeds[0]
+    seed = sweep.study.first_seeds[0]
     sampler: optuna.samplers.BaseSampler
     if sweep.study.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=seed)

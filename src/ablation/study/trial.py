@@ -20,6 +20,7 @@ from ablation.data.images import Images
 from ablation.errors import first_line
 from ablation.model.builders import inference_copy
 from ablation.model.training import EpochHook, TrainingResult, train
+from ablation.study.rounds import pack_correct
 from ablation.study.storage import OptunaStudy, open_study
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Params
@@ -70,6 +71,8 @@ class TrialOutcome:
     state: TrialState
     model_val_accuracy: float | None = None  # of the weights tested and saved: the objective
     test_accuracy: float | None = None
+    test_correct: str | None = None  # each test image right or not (study.rounds.pack_correct)
+    collapsed: bool = False
     epochs_run: int = 0
     seconds: float = 0.0  # in training: model build, features, fit and test
     setup_seconds: float = 0.0  # of which building the model and getting cached features
@@ -149,11 +152,20 @@ def run_trial(
         seconds = time.perf_counter() - started
         return spec.outcome(TrialState.FAIL, epochs_run=epochs_run, seconds=seconds, error=error)
 
-    _record_completed(tracker, spec, images, result)
+    return _completed(tracker, spec, images, result)
+
+
+def _completed(
+    tracker: Tracker, spec: TrialSpec, images: Images, result: TrainingResult
+) -> TrialOutcome:
+    """A trained trial recorded (:func:`_record_completed`), and how it went."""
+    collapsed = _record_completed(tracker, spec, images, result)
     return spec.outcome(
         TrialState.COMPLETE,
         model_val_accuracy=result.model_val_accuracy,
         test_accuracy=result.test_accuracy,
+        test_correct=pack_correct(result.test_predictions == images.y_test),
+        collapsed=collapsed,
         epochs_run=result.epochs_run,
         seconds=result.seconds,
         setup_seconds=result.setup_seconds,
@@ -162,8 +174,9 @@ def run_trial(
 
 def _record_completed(
     tracker: Tracker, spec: TrialSpec, images: Images, result: TrainingResult
-) -> None:
-    """A trained trial's test classes, curves and model, in MLflow; its run ends FINISHED."""
+) -> bool:
+    """A trained trial's test classes, curves and model, in MLflow; its run ends FINISHED.
+    Whether the network collapsed (predicts one class whatever the image)."""
     _record_test_classes(tracker, spec, images, result)
     tags = {TagName.CACHED_FEATURES: ",".join(result.cached_splits) or "none"}
     if result.features_per_epoch:
@@ -181,6 +194,7 @@ def _record_completed(
         model=inference_copy(result.model),
         tags=tags,
     )
+    return bool(reason)
 
 
 def final_metrics(result: TrainingResult) -> dict[str, float]:

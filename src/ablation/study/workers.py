@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ablation.data.images import Images
 from ablation.model.features import plan_features
 from ablation.study.process import SpareProcesses
+from ablation.study.rounds import ATTR_COLLAPSED, ATTR_CORRECT, ATTR_TEST_ACCURACY
 from ablation.study.storage import OptunaStudy, ask, heartbeat, worker_identity
 from ablation.study.trial import TrialOutcome, TrialSpec, run_trial
 from ablation.sweep import space
@@ -196,7 +197,8 @@ def _run_trial(
     params = space.suggest(trial, sweep.space)
     seed = trial.user_attrs.get("seed")
     if seed is None:
-        seed = sweep.study.seeds[trial.number % len(sweep.study.seeds)]
+        seeds = sweep.study.first_seeds
+        seed = seeds[trial.number % len(seeds)]
         trial.set_user_attr("seed", seed)
     label = space.label(params, seed)
     context.reporter.trial_started(index, context.total, label)
@@ -265,7 +267,10 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> No
     import optuna
 
     if outcome.state == TrialState.COMPLETE:
-        trial.set_user_attr("test_accuracy", outcome.test_accuracy)
+        trial.set_user_attr(ATTR_TEST_ACCURACY, outcome.test_accuracy)
+        trial.set_user_attr(ATTR_COLLAPSED, outcome.collapsed)
+        if outcome.test_correct is not None:  # what adaptive seeds decide on
+            trial.set_user_attr(ATTR_CORRECT, outcome.test_correct)
         study.tell(trial, outcome.model_val_accuracy)
     elif outcome.state == TrialState.PRUNED:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)

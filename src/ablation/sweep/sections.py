@@ -23,6 +23,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -45,10 +46,39 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SeedRange(Section):
+    """``seeds: {min: 2, max: 10}``: adaptive seeds (:mod:`ablation.effects.sequential`).
+
+    A grid runs seeds ``0 .. min-1`` of every configuration, then one more seed at a time
+    of the configurations that enter an undecided effect, up to ``max``.
+
+    >>> SeedRange(min=2, max=4).first
+    [0, 1]
+    """
+
+    min: int = Field(ge=2, description="seeds of every configuration before the first look")
+    max: int = Field(ge=2, description="seeds of a configuration at most")
+
+    @model_validator(mode="after")
+    def _min_up_to_max(self) -> SeedRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not be above max ({self.max})")
+        return self
+
+    @property
+    def first(self) -> list[int]:
+        """The seeds of the first round."""
+        return list(range(self.min))
+
+
 class Study(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     sampler: Literal["grid", "tpe", "random"] = "grid"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[int] | SeedRange = Field(
+        default_factory=lambda: [0],
+        description="the seeds of every configuration (a fixed design), or {min: 2, max: "
+        "10}: adaptive seeds, one more round while an effect is undecided (grid only)",
+    )
     trials: PositiveInt | None = Field(
         None, description="number of trials for tpe/random; a grid runs every point"
     )
@@ -87,6 +117,23 @@ class Study(Section):
         90, description="silence after which a trial counts as dead and runs again"
     )
 
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _list_or_range(cls, value: Any) -> Any:
+        """One message for each shape (pydantic would report both union members)."""
+        if isinstance(value, dict):
+            try:
+                return SeedRange.model_validate(value)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                problem = error["msg"].removeprefix("Value error, ")
+                keys = f"{where}: {problem}" if where else problem
+                raise ValueError(f"{keys} (allowed: {{min: N, max: M}}, 2 <= N <= M)") from None
+        if not isinstance(value, list) or not value:
+            raise ValueError("a list of seeds, e.g. [0, 1, 2], or {min: 2, max: 10}")
+        return value
+
     @model_validator(mode="after")
     def _trials_match_sampler(self) -> Study:
         if self.sampler == "grid" and self.trials is not None:
@@ -97,11 +144,26 @@ class Study(Section):
             raise ValueError(
                 "'try_first' is for the tpe and random samplers; a grid runs every point"
             )
-        if len(set(self.seeds)) != len(self.seeds):
+        if isinstance(self.seeds, SeedRange) and self.sampler != "grid":
+            raise ValueError(
+                "'seeds: {min, max}' (adaptive seeds) is for the grid sampler; "
+                f"{self.sampler} takes a list of seeds"
+            )
+        if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
             raise ValueError("'seeds' lists a seed twice")
         if self.grace_seconds <= self.heartbeat_seconds:
             raise ValueError("'grace_seconds' must be longer than 'heartbeat_seconds'")
         return self
+
+    @property
+    def adaptive(self) -> SeedRange | None:
+        """The adaptive seeds' range; None for a fixed list of seeds."""
+        return self.seeds if isinstance(self.seeds, SeedRange) else None
+
+    @property
+    def first_seeds(self) -> list[int]:
+        """The seeds every configuration runs: the list, or an adaptive study's first round."""
+        return self.seeds.first if isinstance(self.seeds, SeedRange) else self.seeds
 
     def storage_url(self) -> str:
         default = str((DEFAULT_OUTPUT_DIR / "optuna.journal").resolve())

@@ -108,6 +108,7 @@ class TagName:
     # On the study's run: what decides its results (:mod:`ablation.study.fingerprint`).
     SETTINGS = "ablation.settings"  # JSON, where it fits in a tag
     SETTINGS_DIGEST = "ablation.settings_digest"
+    SEED_RULE = "ablation.seed_rule"  # adaptive seeds' stopping rule, JSON (study.rounds)
     ERROR = "error"
     PARENT = "mlflow.parentRunId"
     # On a trial's logged model and on a registered model version:
@@ -123,6 +124,7 @@ ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
 
 ARTIFACT_SWEEP = "sweep.yaml"
+ARTIFACT_DECISIONS = "seed_decisions.json"  # adaptive seeds: each effect's, after each round
 ARTIFACT_CURVES = "accuracy_curves.png"
 ARTIFACT_MODEL = "model.keras"
 ARTIFACT_REPORT_DIR = "report"

@@ -8,7 +8,7 @@ look's intervals are widened for it:
 
 * **A union bound over the planned looks.** A study looks at most ``K = max - min + 1``
   times (after ``min``, ``min + 1``, ..., ``max`` seeds). Each look's intervals are the
-  fixed-sample intervals of :func:`ablation.results.effects.effects` (seeds and test
+  fixed-sample intervals of :func:`ablation.effects.estimates.effects` (seeds and test
   images combined) at confidence ``1 - alpha / (K m)``; whatever the stopping, the chance
   that any look's interval misses its effect is then at most ``alpha / m`` per effect.
 * **Bonferroni across the ``m`` effects**, so that all effects' intervals hold together,
@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ablation.results.effects import Dependents, Effect, Levels, Outcome, effects
+from ablation.effects.estimates import Dependents, Effect, Levels, Outcome, effects
 from ablation.sweep.factors import Params, same_value
 
 State = Literal["gain", "loss", "negligible", "test set too small", "undecided"]

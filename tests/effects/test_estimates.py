@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ablation.results.effects import (
+from ablation.effects.estimates import (
     ONE_SEED_CONTEXTS,
     ONE_SEED_ONE_CONTEXT,
     SEEDS_AND_IMAGES,

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.results.effects import Outcome
-from ablation.results.sequential import (
+from ablation.effects.estimates import Outcome
+from ablation.effects.sequential import (
     SeedRule,
     compared_levels,
     decisions,
