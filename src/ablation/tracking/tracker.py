@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,15 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ablation.data.images import Images
+
+
+class ArtifactMissing(Exception):
+    """A run's artifact that cannot be had. ``absent``: the run's record holds no such
+    artifact (recorded before it existed, or never made); else it cannot be read."""
+
+    def __init__(self, reason: str, *, absent: bool = False) -> None:
+        super().__init__(redact(reason))
+        self.absent = absent
 
 
 class Tracker:
@@ -302,25 +312,39 @@ class Tracker:
     def run_params(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.params)
 
-    def download(self, run_id: str, path: str, directory: str) -> Path | None:
-        """A run's artifact (file or folder) downloaded into ``directory``; None if absent."""
+    def download(self, run_id: str, path: str, directory: str) -> Path:
+        """A run's artifact (file or folder) downloaded into ``directory``.
+
+        Raises:
+            ArtifactMissing: ``absent``: the run's artifacts are listed, this one not among
+                them; else it cannot be read: the listing or the download fails, or the
+                store holds none of the run's artifacts (deleted, moved).
+        """
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not on stderr
         try:
-            return Path(self.client.download_artifacts(run_id, path, directory))
-        except Exception:  # MLflow raises several kinds for a missing artifact
-            return None
+            listed = self.client.list_artifacts(run_id, posixpath.dirname(path) or None)
+            if path in {found.path for found in listed}:
+                return Path(self.client.download_artifacts(run_id, path, directory))
+            if self.client.list_artifacts(run_id):
+                raise ArtifactMissing(f"{path}: not recorded by this run", absent=True)
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+            raise ArtifactMissing(f"none of the run's artifacts is in the store ({location})")
+        except ArtifactMissing:
+            raise
+        except Exception as exc:  # MLflow raises many kinds for a store it cannot read
+            raise ArtifactMissing(first_line(exc)) from None
 
     def download_model(self, run_id: str, directory: str) -> Path:
         """A trial's saved model, downloaded into ``directory``.
 
         Raises:
-            UserError: The run has no model in the store.
+            UserError: The run's model is not in the store, or cannot be read.
         """
         try:
-            return Path(self.client.download_artifacts(run_id, ARTIFACT_MODEL, directory))
-        except Exception as exc:  # MLflow raises several kinds for a missing artifact
+            return self.download(run_id, ARTIFACT_MODEL, directory)
+        except ArtifactMissing as exc:
             raise UserError(
-                f"the trial's model is not in the store (run {run_id}: {first_line(exc)})"
+                f"the trial's model is not in the store (run {run_id}: {exc})"
             ) from None
 
     def _study_runs(self, study_name: str) -> tuple[Any | None, list[Any]]:
