@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from ablation import load_sweep, run_sweep
 from ablation.best import best_record
 from ablation.data.images import load_images
+from ablation.results.artifacts import read_study
 from ablation.tracking.records import TrialRecord, TrialState
-from ablation.tracking.tracker import read_study
 from conftest import SMALL_WEIGHTS, run_module
 
 SWEEP = f"""

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.errors import UserError, first_line
+from ablation.results.artifacts import read_study
 from ablation.sweep import space
 from ablation.sweep.config import load_sweep
 from ablation.tracking.records import (
@@ -54,7 +55,6 @@ from ablation.tracking.records import (
     TrialState,
     class_names_of,
 )
-from ablation.tracking.tracker import read_study
 
 
 def best_record(records: Sequence[TrialRecord]) -> TrialRecord | None:

@@ -21,6 +21,12 @@ beside the output file, or under ``mlruns/reports/<study>/`` when printing to st
 ``--format csv -o results.csv`` writes the configurations as one tidy table there
 and each other table beside it (``results.ablation.csv``, ``results.trials.csv``, ...).
 Failed, pruned and running trials are counted and never enter a mean.
+
+What it cannot fill from the runs' artifacts (test predictions, confusion matrices, data
+pictures) it names first, under "Missing from this report", with the reason: absent (a
+study recorded before they existed) or cannot read (recorded, but the artifact store did
+not give them back). Exit status: 0 when every part recorded was read, 1 when some could
+not be (one line on stderr says which), 2 for a mistake in the command or sweep file.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from pathlib import Path
 
 from ablation.cli import configure_logging, sweep_parser, user_error
 from ablation.errors import UserError
+from ablation.results.artifacts import unreadable_line
 from ablation.results.report import (
     FORMATS,
+    Report,
     build_report,
     default_plot_dir,
     figure_images,
@@ -82,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"figures: {', '.join(str(p) for p in written)}", file=sys.stderr)
     except UserError as exc:
         return user_error(exc, args.debug)
-    return 0
+    return incomplete(report)
+
+
+def incomplete(report: Report) -> int:
+    """1, and one line on stderr naming them, when parts recorded could not be read; else 0."""
+    line = unreadable_line(report.missing)
+    if line:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if line else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from rich.progress import (
 from ablation.cli import configure_logging, stop_on_signals, sweep_parser, user_error
 from ablation.errors import UserError
 from ablation.redaction import redact
+from ablation.results.artifacts import unreadable_line
 from ablation.results.report import build_report, default_plot_dir, render, write_report_files
 from ablation.study.fingerprint import named
 from ablation.study.plan import plan, stores
@@ -126,8 +127,9 @@ class ConsoleReporter:
             self.progress.stop()
 
 
-def report_study(sweep: Sweep, console: Console) -> None:
-    """Print the study's comparison table and attach the full report to its parent run."""
+def report_study(sweep: Sweep, console: Console) -> str | None:
+    """Print the study's comparison table and attach the full report to its parent run;
+    what could not be read for it, in one line (None: every recorded part was read)."""
     report = build_report(sweep)
     console.print(render(report, "markdown", short=True), markup=False, highlight=False)
     directory = default_plot_dir(sweep)
@@ -135,6 +137,7 @@ def report_study(sweep: Sweep, console: Console) -> None:
     console.print(
         f"report: {directory} (also on the study's MLflow run, under report/)", highlight=False
     )
+    return unreadable_line(report.missing)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -234,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not summary.outcomes:
         console.print("nothing to run: every trial of this study is already done", highlight=False)
+    unreadable = None
     try:
-        report_study(sweep, console)
+        unreadable = report_study(sweep, console)
     except Exception as exc:  # the trials are recorded; a report problem must not hide that
         if args.debug:
             raise
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         highlight=False,
     )
     failed = sum(o.state == TrialState.FAIL for o in summary.outcomes)
+    if unreadable:
+        print(f"error: {unreadable}", file=sys.stderr)
     if failed:
         print(
             f"error: {failed} trial(s) failed; their errors are on their MLflow runs; "
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return 1 if unreadable else 0
 
 
 if __name__ == "__main__":

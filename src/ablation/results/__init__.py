@@ -6,7 +6,8 @@ statistics are :mod:`ablation.effects`'s).
 * :mod:`~ablation.results.tables`: the report's tables as pandas frames;
 * :mod:`~ablation.results.figures`: the report's own figures;
 * :mod:`~ablation.results.html`: the self-contained HTML page;
-* :mod:`~ablation.results.artifacts`: per-image predictions and confusion matrices read back;
+* :mod:`~ablation.results.artifacts`: per-image predictions, confusion matrices and data
+  pictures read back, and the parts missing (absent or unreadable);
 * :mod:`~ablation.results.report`: ``build_report``, rendering, the report's files.
 
 The command is :mod:`ablation.report`.

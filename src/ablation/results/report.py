@@ -11,7 +11,6 @@ command is :mod:`ablation.report`.
 from __future__ import annotations
 
 import io
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +24,16 @@ from ablation.effects.estimates import (
 )
 from ablation.errors import UserError
 from ablation.results.analysis import ConfigurationRow, configuration_table, state_counts
-from ablation.results.artifacts import best_confusion, test_outcomes
+from ablation.results.artifacts import (
+    MISSING_NOTE,
+    MISSING_TITLE,
+    Missing,
+    best_confusion,
+    data_pictures,
+    missing_frame,
+    read_study,
+    test_outcomes,
+)
 from ablation.results.figures import FIGURE_CAPTIONS, study_figures
 from ablation.results.html import Block, html_page
 from ablation.results.importance import Importance, param_importances
@@ -43,13 +51,9 @@ from ablation.results.tables import (
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
 from ablation.sweep.sections import DEFAULT_OUTPUT_DIR
-from ablation.tracking.figures import DATA_FIGURES, confusion_matrix, png_bytes
-from ablation.tracking.records import (
-    ARTIFACT_REPORT_DIR,
-    TrialRecord,
-    TrialState,
-)
-from ablation.tracking.tracker import Tracker, read_study
+from ablation.tracking.figures import confusion_matrix, png_bytes
+from ablation.tracking.records import TrialRecord, TrialState
+from ablation.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,6 +72,8 @@ class Report:
     parent_run_id: str | None
     tracker: Tracker
     confusion: Confusion | None = None  # the best configuration's, summed over its seeds
+    data_pictures: dict[str, bytes] = field(default_factory=dict)  # drawn when the study ran
+    missing: list[Missing] = field(default_factory=list)  # the parts it could not fill
 
     @property
     def counts(self) -> dict[TrialState, int]:
@@ -75,7 +81,8 @@ class Report:
 
 
 def build_report(sweep: Sweep) -> Report:
-    """The study's tables, read back from the sweep's MLflow store alone.
+    """The study's tables, read back from the sweep's MLflow store alone; the parts it could
+    not fill from the runs' artifacts in ``missing``, absent or unreadable.
 
     Raises:
         UserError: The store cannot be opened, or holds no trial of this study.
@@ -85,7 +92,9 @@ def build_report(sweep: Sweep) -> Report:
     levels = {name: list(p.choice) for name, p in sweep.space.items() if p.choice is not None}
     dependents = space.dependents(sweep.space)
     configurations = configuration_table(records)
-    outcomes = test_outcomes(tracker, records)
+    outcomes, missing = test_outcomes(tracker, records)
+    confusion, missing_confusion = best_confusion(tracker, configurations, records)
+    pictures, missing_pictures = data_pictures(tracker, parent_run_id)
     min_effect = sweep.study.min_effect
     return Report(
         sweep=sweep,
@@ -96,7 +105,9 @@ def build_report(sweep: Sweep) -> Report:
         importances=param_importances(sweep, records),
         parent_run_id=parent_run_id,
         tracker=tracker,
-        confusion=best_confusion(tracker, configurations),
+        confusion=confusion,
+        data_pictures=pictures,
+        missing=[*missing, *missing_confusion, *missing_pictures],
     )
 
 
@@ -140,7 +151,7 @@ class Section:
 
 
 def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Section]:
-    """The report's tables. ``short``: the configurations only."""
+    """The report's tables, after the parts it could not fill; ``short``: configurations only."""
     configurations = configuration_frame(
         report.sweep.space, report.configurations, numeric=numeric, short=short
     )
@@ -148,12 +159,13 @@ def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Sect
         configurations = chance_row(configurations, report.confusion)
     title = "Configurations (best validation accuracy first; ± is the standard deviation over seeds"
     found = [
+        *_missing_section(report),
         Section(
             "configurations",
             title + ")",
             configurations,
             figures=("test_accuracy.png", "validation_curves.png"),
-        )
+        ),
     ]
     if short:
         return found
@@ -200,6 +212,13 @@ def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Sect
     return [*found, Section("trials", "Trials (one row per trial)", trials)]
 
 
+def _missing_section(report: Report) -> list[Section]:
+    """What the report could not fill, and why: first, so that no reader misses it."""
+    if not report.missing:
+        return []
+    return [Section("missing", MISSING_TITLE, missing_frame(report.missing), [MISSING_NOTE])]
+
+
 def render(
     report: Report, fmt: str, *, short: bool = False, images: dict[str, bytes] | None = None
 ) -> str:
@@ -211,7 +230,7 @@ def render(
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is unknown (allowed: {', '.join(FORMATS)})")
     if fmt == "csv":
-        return sections(report, numeric=True, short=True)[0].frame.to_csv(index=False)
+        return sections(report, numeric=True, short=True)[-1].frame.to_csv(index=False)
     found = sections(report, numeric=False, short=short)
     if fmt == "html":
         return _html(report, found, images)
@@ -260,9 +279,12 @@ def _html(report: Report, found: list[Section], images: dict[str, bytes] | None 
 
 def write_csv_tables(report: Report, output: Path) -> list[Path]:
     """The tables other than the configurations, each a tidy CSV beside ``output``
-    (``results.csv`` -> ``results.ablation.csv``, ``results.trials.csv``, ...)."""
+    (``results.csv`` -> ``results.ablation.csv``, ``results.trials.csv``, ...;
+    ``results.missing.csv`` where parts are missing)."""
     written = []
-    for section in sections(report, numeric=True)[1:]:
+    for section in sections(report, numeric=True):
+        if section.name == "configurations":
+            continue
         path = output.with_name(f"{output.stem}.{section.name}.csv")
         section.frame.to_csv(path, index=False)
         written.append(path)
@@ -271,8 +293,7 @@ def write_csv_tables(report: Report, output: Path) -> list[Path]:
 
 def figure_images(report: Report) -> dict[str, bytes]:
     """The report's figures as PNG bytes: drawn from the records, the best configuration's
-    confusion matrix, and the data pictures drawn at run time (from the study's parent
-    run: the data itself is never read)."""
+    confusion matrix, and the data pictures drawn at run time (read with the report)."""
     figures = study_figures(
         report.sweep, report.configurations, report.effects, report.context_effects
     )
@@ -283,17 +304,7 @@ def figure_images(report: Report) -> dict[str, bytes]:
             report.confusion["class_names"],
             f"{report.sweep.study.name}: {best}, test set ({report.confusion['runs']} seed(s))",
         )
-    images = {name: png_bytes(figure) for name, figure in figures.items()}
-    if report.parent_run_id is None:
-        return images
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in DATA_FIGURES:
-            path = report.tracker.download(
-                report.parent_run_id, f"{ARTIFACT_REPORT_DIR}/{name}", tmp
-            )
-            if path is not None:
-                images[name] = path.read_bytes()
-    return images
+    return {name: png_bytes(figure) for name, figure in figures.items()} | report.data_pictures
 
 
 def write_figure_files(

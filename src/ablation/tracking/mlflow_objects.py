@@ -200,3 +200,31 @@ def register(
     except MlflowException as exc:
         raise UserError(f"cannot register {name!r} ({first_line(exc)})") from None
     return str(version.version)
+
+
+def log_dataset_inputs(client: MlflowClient, run_id: str, datasets: list[DatasetInput]) -> None:
+    """Log a run's dataset inputs. Two trials that start at once (``--workers``) may both
+    create the experiment's dataset; on SQLite the second insert then fails on its unique
+    key, and a second try finds the dataset and only links it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as exc:
+            if "UNIQUE constraint failed" not in str(exc) or attempt == 2:
+                raise
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
+    if not is_server(uri):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise UserError(f"tracking.uri: MLflow server {uri!r} does not answer ({reason})") from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -33,12 +34,17 @@ from typing import TYPE_CHECKING, Any
 
 from ablation.errors import UserError, first_line
 from ablation.redaction import redact
-from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Factor
 from ablation.sweep.sections import Tracking
 from ablation.sweep.space import typed_params
-from ablation.sweep.stores import is_server, sqlite_file
-from ablation.tracking.mlflow_objects import dataset_inputs, log_keras_model, register
+from ablation.sweep.stores import sqlite_file
+from ablation.tracking.mlflow_objects import (
+    check_reachable,
+    dataset_inputs,
+    log_dataset_inputs,
+    log_keras_model,
+    register,
+)
 from ablation.tracking.records import (
     ARTIFACT_CONFUSION,
     ARTIFACT_CONFUSION_PLOT,
@@ -62,6 +68,15 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
     from ablation.data.images import Images
+
+
+class ArtifactMissing(Exception):
+    """A run's artifact that cannot be had. ``absent``: the run's record holds no such
+    artifact (recorded before it existed, or never made); else it cannot be read."""
+
+    def __init__(self, reason: str, *, absent: bool = False) -> None:
+        super().__init__(redact(reason))
+        self.absent = absent
 
 
 class Tracker:
@@ -239,7 +254,7 @@ class Tracker:
 
     def log_datasets(self, run_id: str, images: Images) -> None:
         """The trial's train, validation and test splits as the run's dataset inputs."""
-        self.client.log_inputs(run_id, datasets=dataset_inputs(images, redact(images.source)))
+        log_dataset_inputs(self.client, run_id, dataset_inputs(images, redact(images.source)))
 
     def register_model(self, run_id: str, name: str, alias: str, tags: Mapping[str, str]) -> str:
         """A new version of ``name`` from a trial's logged model, ``alias`` on it (UserError)."""
@@ -321,25 +336,39 @@ class Tracker:
     def run_params(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.params)
 
-    def download(self, run_id: str, path: str, directory: str) -> Path | None:
-        """A run's artifact (file or folder) downloaded into ``directory``; None if absent."""
+    def download(self, run_id: str, path: str, directory: str) -> Path:
+        """A run's artifact (file or folder) downloaded into ``directory``.
+
+        Raises:
+            ArtifactMissing: ``absent``: the run's artifacts are listed, this one not among
+                them; else it cannot be read: the listing or the download fails, or the
+                store holds none of the run's artifacts (deleted, moved).
+        """
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not on stderr
         try:
-            return Path(self.client.download_artifacts(run_id, path, directory))
-        except Exception:  # MLflow raises several kinds for a missing artifact
-            return None
+            listed = self.client.list_artifacts(run_id, posixpath.dirname(path) or None)
+            if path in {found.path for found in listed}:
+                return Path(self.client.download_artifacts(run_id, path, directory))
+            if self.client.list_artifacts(run_id):
+                raise ArtifactMissing(f"{path}: not recorded by this run", absent=True)
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+            raise ArtifactMissing(f"none of the run's artifacts is in the store ({location})")
+        except ArtifactMissing:
+            raise
+        except Exception as exc:  # MLflow raises many kinds for a store it cannot read
+            raise ArtifactMissing(first_line(exc)) from None
 
     def download_model(self, run_id: str, directory: str) -> Path:
         """A trial's saved model, downloaded into ``directory``.
 
         Raises:
-            UserError: The run has no model in the store.
+            UserError: The run's model is not in the store, or cannot be read.
         """
         try:
-            return Path(self.client.download_artifacts(run_id, ARTIFACT_MODEL, directory))
-        except Exception as exc:  # MLflow raises several kinds for a missing artifact
+            return self.download(run_id, ARTIFACT_MODEL, directory)
+        except ArtifactMissing as exc:
             raise UserError(
-                f"the trial's model is not in the store (run {run_id}: {first_line(exc)})"
+                f"the trial's model is not in the store (run {run_id}: {exc})"
             ) from None
 
     def _study_runs(self, study_name: str) -> tuple[Any | None, list[Any]]:
@@ -406,32 +435,3 @@ def _is_running(run: Any) -> bool:
     from mlflow.entities import RunStatus
 
     return RunStatus.from_string(run.info.status) == RunStatus.RUNNING
-
-
-def read_study(sweep: Sweep) -> tuple[Tracker, str | None, list[TrialRecord]]:
-    """A sweep's study as MLflow holds it: the store, the parent run id and the trials.
-
-    Raises:
-        UserError: The store cannot be opened, or holds no run of this study.
-    """
-    tracker = Tracker.existing(sweep.tracking, sweep.experiment_name)
-    parent_id, records = tracker.trial_records(sweep.study.name, sweep.space)
-    if not records:
-        raise UserError(
-            f"no trials of study {sweep.study.name!r} in experiment {sweep.experiment_name!r} "
-            f"at {tracker.uri!r}; run `python -m ablation.run` on this sweep first"
-        )
-    return tracker, parent_id, records
-
-
-def check_reachable(uri: str) -> None:
-    """Fail fast on a tracking server that does not answer (MLflow itself retries for minutes)."""
-    if not is_server(uri):
-        return
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10)
-    except requests.RequestException as exc:
-        reason = type(exc).__name__
-        raise UserError(f"tracking.uri: MLflow server {uri!r} does not answer ({reason})") from None
