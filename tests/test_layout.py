@@ -61,7 +61,7 @@ LAYERS = [
     ["study.workers"],
     ["study.runner"],
     ["results.analysis", "results.importance"],
-    ["results.tables"],
+    ["results.tables", "results.adaptive"],
     ["results.figures", "results.html", "results.artifacts"],
     ["results.report"],
     ["cli"],

@@ -86,6 +86,13 @@ def test_rounds_run_what_the_decisions_call_for(reference: Path) -> None:
     # Round 2 ran exactly the configurations of the effects round 1 left undecided.
     undecided_after_one = [e for e in effects.values() if e["round"] != 1]
     assert (found["trials"] > 8) == bool(undecided_after_one)
+    # The report says each decision and what it cost.
+    report = run_module("ablation.report", str(reference / "sweep.yaml"), cwd=reference)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "Adaptive seeds: each effect's decision" in report.stdout
+    assert f"Cost: {found['trials']} trial(s) of at most 12" in report.stdout
+    for effect in effects.values():
+        assert effect["state"] in report.stdout
 
 
 def test_a_kill_mid_round_then_a_rerun_decides_the_same(

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ablation.effects.estimates import Dependents, Effect, Levels, Outcome, effects
+from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Params, same_value
 
 State = Literal["gain", "loss", "negligible", "test set too small", "undecided"]
@@ -89,6 +90,12 @@ class Decision:
         if self.images_needed:
             said += f": about {self.images_needed} test images would tell"
         return said
+
+
+def seed_rule(sweep: Sweep) -> SeedRule | None:
+    """The sweep's stopping rule (``study.seeds: {min, max}``); None for a list of seeds."""
+    seeds = sweep.study.adaptive
+    return None if seeds is None else SeedRule(seeds.min, seeds.max, sweep.study.min_effect)
 
 
 def state_of(effect: Effect, min_effect: float) -> tuple[State, int | None]:

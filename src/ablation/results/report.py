@@ -22,7 +22,9 @@ from ablation.effects.estimates import (
     effects,
     sign_changes,
 )
+from ablation.effects.sequential import Decision, seed_rule
 from ablation.errors import UserError
+from ablation.results.adaptive import decided_effects, seeds_frame, seeds_notes
 from ablation.results.analysis import ConfigurationRow, configuration_table, state_counts
 from ablation.results.artifacts import (
     MISSING_NOTE,
@@ -38,7 +40,9 @@ from ablation.results.figures import FIGURE_CAPTIONS, study_figures
 from ablation.results.html import Block, html_page
 from ablation.results.importance import Importance, param_importances
 from ablation.results.tables import (
+    INTERVALS_NOTE,
     Confusion,
+    Section,
     ablation_frame,
     chance_row,
     class_frame,
@@ -56,7 +60,7 @@ from ablation.tracking.records import TrialRecord, TrialState
 from ablation.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 FORMATS = ("markdown", "csv", "html", "latex")
 
@@ -74,6 +78,7 @@ class Report:
     confusion: Confusion | None = None  # the best configuration's, summed over its seeds
     data_pictures: dict[str, bytes] = field(default_factory=dict)  # drawn when the study ran
     missing: list[Missing] = field(default_factory=list)  # the parts it could not fill
+    decisions: list[Decision] = field(default_factory=list)  # adaptive seeds: each effect's
 
     @property
     def counts(self) -> dict[TrialState, int]:
@@ -96,11 +101,16 @@ def build_report(sweep: Sweep) -> Report:
     confusion, missing_confusion = best_confusion(tracker, configurations, records)
     pictures, missing_pictures = data_pictures(tracker, parent_run_id)
     min_effect = sweep.study.min_effect
+    found, made = effects(outcomes, levels, dependents, min_effect=min_effect), []
+    rule = seed_rule(sweep)
+    if rule is not None:
+        found, made = decided_effects(found, outcomes, levels, dependents, rule)
     return Report(
         sweep=sweep,
         records=records,
         configurations=configurations,
-        effects=effects(outcomes, levels, dependents, min_effect=min_effect),
+        effects=found,
+        decisions=made,
         context_effects=context_effects(outcomes, levels, dependents, min_effect=min_effect),
         importances=param_importances(sweep, records),
         parent_run_id=parent_run_id,
@@ -126,30 +136,6 @@ def headline(report: Report) -> str:
     )
 
 
-INTERVALS_NOTE = (
-    "An effect is the treated minus the control test accuracy within each context (the "
-    "other factors' levels) and seed, averaged over the contexts per seed, then over the "
-    "seeds. The seed interval (Student-t over the per-seed effects) covers training "
-    "randomness; the test-set interval (a paired bootstrap over the test images) covers "
-    "the sampling of the test images; the 95% interval (both) combines the two, and "
-    "decides the verdict: gain or loss where it excludes zero, negligible where it lies "
-    "within plus or minus {points:g} point(s) (study.min_effect), else undecided. These "
-    "intervals are about these photos' population, this test-set size and these seeds; "
-    "they say nothing of other data."
-)
-
-
-@dataclass
-class Section:
-    """One table of the report, with the notes that say how to read it."""
-
-    name: str  # in file names: results.<name>.csv
-    title: str
-    frame: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-    figures: tuple[str, ...] = ()  # of :func:`figure_images`, shown with it on the page
-
-
 def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Section]:
     """The report's tables, after the parts it could not fill; ``short``: configurations only."""
     configurations = configuration_frame(
@@ -157,12 +143,14 @@ def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Sect
     )
     if not numeric:
         configurations = chance_row(configurations, report.confusion)
-    title = "Configurations (best validation accuracy first; ± is the standard deviation over seeds"
+    title = (
+        "Configurations (best validation accuracy first; ± is the standard deviation over seeds)"
+    )
     found = [
         *_missing_section(report),
         Section(
             "configurations",
-            title + ")",
+            title,
             configurations,
             figures=("test_accuracy.png", "validation_curves.png"),
         ),
@@ -178,6 +166,7 @@ def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Sect
             [INTERVALS_NOTE.format(points=points)],
             ("ablation_effects.png",),
         ),
+        *_seeds_section(report),
         Section(
             "interactions",
             "Interactions: each effect within each context of the other factors",
@@ -192,24 +181,45 @@ def sections(report: Report, *, numeric: bool, short: bool = False) -> list[Sect
             importance_frame(report.importances),
         ),
     ]
-    if report.confusion is not None and report.configurations:
-        best = space.label(report.configurations[0].params)
-        runs = f"{report.confusion['runs']} seed(s) summed"
-        found += [
-            Section(
-                "classes",
-                f"Best configuration ({best}): test accuracy per class",
-                class_frame(report.confusion, numeric=numeric),
-            ),
-            Section(
-                "confusion",
-                f"Best configuration ({best}): test confusion matrix ({runs})",
-                confusion_frame(report.confusion),
-                figures=("confusion_matrix.png",),
-            ),
-        ]
+    found += _best_sections(report, numeric=numeric)
     trials = trial_frame(report.sweep.space, report.records, numeric=numeric)
     return [*found, Section("trials", "Trials (one row per trial)", trials)]
+
+
+def _best_sections(report: Report, *, numeric: bool) -> list[Section]:
+    """The best configuration's test accuracy per class and its confusion matrix."""
+    if report.confusion is None or not report.configurations:
+        return []
+    best = space.label(report.configurations[0].params)
+    runs = f"{report.confusion['runs']} seed(s) summed"
+    return [
+        Section(
+            "classes",
+            f"Best configuration ({best}): test accuracy per class",
+            class_frame(report.confusion, numeric=numeric),
+        ),
+        Section(
+            "confusion",
+            f"Best configuration ({best}): test confusion matrix ({runs})",
+            confusion_frame(report.confusion),
+            figures=("confusion_matrix.png",),
+        ),
+    ]
+
+
+def _seeds_section(report: Report) -> list[Section]:
+    """Adaptive seeds: each effect's decision and what the study spent on it."""
+    if (rule := seed_rule(report.sweep)) is None:
+        return []
+    notes = seeds_notes(report.sweep, rule, report.decisions, report.configurations)
+    return [
+        Section(
+            "seeds",
+            "Adaptive seeds: each effect's decision",
+            seeds_frame(report.decisions, numeric=False),
+            notes,
+        )
+    ]
 
 
 def _missing_section(report: Report) -> list[Section]:

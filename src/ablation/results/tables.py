@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ablation.effects.estimates import ContextEffect, Effect, Estimate
@@ -90,6 +91,30 @@ def chance_row(frame: pd.DataFrame, confusion: Confusion | None) -> pd.DataFrame
     row["configuration"] = f"chance (always {name!r}" + (f", tied with {tied})" if tied else ")")
     row["test acc"] = f"{accuracy:.3f}"
     return pd.concat([frame, pd.DataFrame([row])], ignore_index=True)
+
+
+@dataclass
+class Section:
+    """One table of the report, with the notes that say how to read it."""
+
+    name: str  # in file names: results.<name>.csv
+    title: str
+    frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    figures: tuple[str, ...] = ()  # of :func:`figure_images`, shown with it on the page
+
+
+INTERVALS_NOTE = (
+    "An effect is the treated minus the control test accuracy within each context (the "
+    "other factors' levels) and seed, averaged over the contexts per seed, then over the "
+    "seeds. The seed interval (Student-t over the per-seed effects) covers training "
+    "randomness; the test-set interval (a paired bootstrap over the test images) covers "
+    "the sampling of the test images; the 95% interval (both) combines the two, and "
+    "decides the verdict: gain or loss where it excludes zero, negligible where it lies "
+    "within plus or minus {points:g} point(s) (study.min_effect), else undecided. These "
+    "intervals are about these photos' population, this test-set size and these seeds; "
+    "they say nothing of other data."
+)
 
 
 def ablation_frame(effects: Sequence[Effect], *, numeric: bool) -> pd.DataFrame:

@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ablation.effects.estimates import Outcome
-from ablation.effects.sequential import Decision, SeedRule, decisions, next_seed_configurations
+from ablation.effects.sequential import (
+    Decision,
+    decisions,
+    next_seed_configurations,
+    seed_rule,
+)
 from ablation.study.storage import fail_dead_trials
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
@@ -117,14 +122,6 @@ def decisions_record(found: list[Decision], study: optuna.Study) -> dict[str, ob
         "seeds_per_configuration": seeds,
         "trials": sum(seeds.values()),
     }
-
-
-def seed_rule(sweep: Sweep) -> SeedRule | None:
-    """The sweep's stopping rule; None for a fixed list of seeds."""
-    seeds = sweep.study.adaptive
-    if seeds is None:
-        return None
-    return SeedRule(seeds.min, seeds.max, sweep.study.min_effect)
 
 
 def study_outcomes(study: optuna.Study) -> list[Outcome]:
