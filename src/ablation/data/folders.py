@@ -8,8 +8,8 @@ Three layouts (:data:`LAYOUTS`):
 * ``classes``: one folder of class sub-folders only; its images are split per
   class into train, validation and test (:func:`split_classes`).
 
-``data.source`` is a URL of a zip archive (downloaded once into Keras's cache) or a
-local folder; an archive's single top folder is looked into.
+``data.source`` is a local folder or an archive's URL (:mod:`ablation.data.sources`);
+an archive's single top folder is looked into.
 
 Example:
     >>> import numpy as np
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ablation.errors import UserError, first_line
+from ablation.errors import UserError
 
 SPLIT_FOLDERS = ("train", "validation", "test")  # a split data folder's sub-folders
 LAYOUTS = {
@@ -63,41 +62,6 @@ class Listing:
                 relative = path.relative_to(self.root).as_posix()
                 digest.update(f"{relative}\0{label}\0{path.stat().st_size}\n".encode())
         return digest.hexdigest()[:16]
-
-
-def resolve_source(source: str) -> tuple[Path, str]:
-    """The local folder behind ``data.source`` and its layout, downloading a URL once.
-
-    Raises:
-        UserError: The directory does not exist, the URL cannot be fetched, or the
-            folder has a split folder without the others it needs.
-    """
-    scheme = urllib.parse.urlparse(source).scheme
-    if scheme in ("http", "https", "ftp", "file"):
-        return find_layout(_download(source), source)
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise UserError(
-            f"data.source: {source!r} is not a directory (give a folder with train/ and "
-            "validation/ (and test/), or of class folders, or an http(s):// or file:// URL "
-            "of a zip archive)"
-        )
-    return find_layout(root, source)
-
-
-def _download(url: str) -> Path:
-    """The archive at ``url``, downloaded and extracted once into Keras's cache
-    (``$KERAS_HOME/datasets``)."""
-    import keras
-
-    name = Path(urllib.parse.urlparse(url).path).name or "dataset.zip"
-    stem = name.split(".")[0]
-    try:
-        extracted = keras.utils.get_file(fname=stem, origin=url, extract=True)
-    except Exception as exc:  # get_file wraps network failures in a bare Exception
-        reason = getattr(exc, "reason", None) or first_line(exc)
-        raise UserError(f"data.source: cannot download {url} ({reason})") from None
-    return Path(extracted)
 
 
 def _folders(path: Path) -> list[Path]:

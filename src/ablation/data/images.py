@@ -1,10 +1,9 @@
 """The image data: fetch or find it, decode it once, split it, serve it as tf.data.
 
-``data.source`` is either a URL of a zip archive (the blog's
-``cats_and_dogs_filtered.zip``), downloaded once into Keras's cache with
-``keras.utils.get_file``, or a local directory, in one of three layouts
-(:mod:`ablation.data.folders`): ``train/`` + ``validation/``, the same + ``test/``, or
-class folders only.
+``data.source`` is either a URL of an archive (the blog's ``cats_and_dogs_filtered.zip``),
+downloaded once (:mod:`ablation.data.sources`), or a local directory, in one of three
+layouts (:mod:`ablation.data.folders`): ``train/`` + ``validation/``, the same +
+``test/``, or class folders only.
 
 Images are decoded and resized once into uint8 arrays; each trial then gets its
 own shuffled view of the same arrays. Where the folder has no ``test/``, the test
@@ -52,14 +51,8 @@ from typing import Any
 import numpy as np
 
 from ablation.data.arrays import allocate, building, gather, write_rows
-from ablation.data.folders import (
-    LAYOUTS,
-    Listing,
-    list_images,
-    resolve_source,
-    split_classes,
-    split_validation,
-)
+from ablation.data.folders import LAYOUTS, Listing, list_images, split_classes, split_validation
+from ablation.data.sources import resolve_source
 from ablation.errors import UserError
 from ablation.redaction import redact
 from ablation.sweep.sections import Data
@@ -205,12 +198,13 @@ def load_images(config: Data) -> Images:
     to decode, are skipped with one warning naming them.
 
     Raises:
-        UserError: A class with no readable image, or a class missing from a split.
+        UserError: A class with no readable image, a class missing from a split, or an
+            archive that is not the one ``data.sha256`` names.
     """
-    root, layout = resolve_source(config.source)
-    listing = list_images(root, config.limit_per_class, layout)
+    source = resolve_source(config)
+    listing = list_images(source.root, config.limit_per_class, source.layout)
     cached = cache_folder(config, listing)
-    key = str(cached) if cached else repr((str(root), listing.fingerprint(), config))
+    key = str(cached) if cached else repr((str(source.root), listing.fingerprint(), config))
     if key in _CACHE:
         return _CACHE[key]
     if cached is not None:
@@ -230,7 +224,7 @@ def load_images(config: Data) -> Images:
         class_names=listing.class_names,
         fingerprint=listing.fingerprint(),
         source=redact(config.source),
-        layout=layout,
+        layout=listing.layout,
         test_paths=_test_paths(folders, splits),
         **arrays,
     )
