@@ -26,19 +26,32 @@ a worker's own copy would count as Anonymous. What to look for: Anonymous above 
 baseline far below the data size and the same for every N; Pss per worker falling
 with N (the data shared between them).
 
+With ``--identity``, only the data's identity instead (issue 27): the cost of hashing
+every photo's bytes (``Listing.fingerprint``) against the listing's names and sizes
+that it replaced, on copies of the blog's 3,000 photos and on ``--scale`` times as many
+(each photo copied under new names: new files, new inodes); each figure the median of
+``--repeats`` runs: the listing alone; names and sizes (one ``stat`` per file: what a
+size + mtime + inode quick check costs too); the SHA-256 of every file with the page
+cache warm, on 1 thread and on ``HASH_THREADS``, and cold (each file's pages dropped
+with ``posix_fadvise(DONTNEED)`` first); a first run that writes the per-machine memo,
+and a rerun that reads it.
+
 Numbers, not assertions.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
 import resource
 import shutil
+import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +227,96 @@ def workers(folder: Path, n: int, copy: bool, data_mib: float) -> None:
         )
 
 
+def copy_folder(data: Path, dest: Path, scale: int) -> int:
+    """``scale`` copies of every photo of ``data`` under new names in ``dest`` (its layout)."""
+    written = 0
+    for split in ("train", "validation"):
+        for class_dir in sorted((data / split).iterdir()):
+            target = dest / split / class_dir.name
+            target.mkdir(parents=True)
+            for photo in class_dir.glob("*.jpg"):
+                for v in range(scale):
+                    shutil.copyfile(photo, target / f"{photo.stem}c{v}.jpg")
+                    written += 1
+    return written
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache: the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
+def names_and_sizes(listing: Any) -> str:
+    """The identity before issue 27: relative names, labels and sizes (one stat per file)."""
+    digest = hashlib.sha256()
+    for folder in listing.files:
+        for path, label in listing.files[folder]:
+            relative = path.relative_to(listing.root).as_posix()
+            digest.update(f"{relative}\0{label}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def identity_costs(root: Path, repeats: int, tmp: Path) -> None:
+    """The median (and range) of ``repeats`` timings of each way to identify ``root``."""
+    from ablation.data import folders
+
+    listing = folders.list_images(root)
+    paths = [path for files in listing.files.values() for path, _ in files]
+    megabytes = sum(p.stat().st_size for p in paths) / 1e6
+    threads = folders.HASH_THREADS
+
+    def one_thread() -> str:
+        folders.HASH_THREADS = 1
+        try:
+            return listing.fingerprint()
+        finally:
+            folders.HASH_THREADS = threads
+
+    def first_run() -> str:
+        shutil.rmtree(tmp / "memo", ignore_errors=True)
+        return listing.fingerprint(memo=tmp / "memo")
+
+    ways: dict[str, tuple[Callable[[], object], Callable[[], object] | None]] = {
+        "listing (list_images)": (lambda: folders.list_images(root), None),
+        "names + sizes (before)": (lambda: names_and_sizes(listing), None),
+        "SHA-256, warm, 1 thread": (one_thread, None),
+        f"SHA-256, warm, {threads} threads": (listing.fingerprint, None),
+        f"SHA-256, cold, {threads} threads": (listing.fingerprint, lambda: evict(paths)),
+        "SHA-256 + writing the memo": (first_run, None),
+        "rerun, memo read": (lambda: listing.fingerprint(memo=tmp / "memo"), None),
+    }
+    print(f"{root.name}: {len(paths)} photos, {megabytes:.0f} MB; median of {repeats} (range)")
+    for name, (run, before) in ways.items():
+        seconds = []
+        for _ in range(repeats):
+            if before is not None:
+                before()
+            started = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - started)
+        print(
+            f"    {name:<28} {statistics.median(seconds):8.3f} s  "
+            f"({min(seconds):.3f}-{max(seconds):.3f})"
+        )
+
+
+def identity(data: Path, scale: int, repeats: int, tmp: Path) -> None:
+    """:func:`identity_costs` on a copy of ``data`` and on ``scale`` copies of it."""
+    from ablation.data.folders import RACY_NS
+
+    for copies in (1, scale):
+        root = tmp / f"photos_x{copies}"
+        started = time.monotonic()
+        written = copy_folder(data, root, copies)
+        print(f"copied {written} photos in {time.monotonic() - started:.0f} s into {root}")
+        time.sleep(RACY_NS / 1e9)  # old enough for the memo to remember them
+        identity_costs(root, repeats, tmp / f"memo_x{copies}")
+        shutil.rmtree(root)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/cats_and_dogs"))
@@ -223,9 +326,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--copy", action="store_true", help="also: workers with a private copy")
     parser.add_argument("--keep", type=Path, help="build the folder here and keep it")
+    parser.add_argument("--identity", action="store_true", help="only the data's identity")
+    parser.add_argument("--repeats", type=int, default=5, help="--identity: runs per figure")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-images-"))
     try:
+        if args.identity:
+            identity(args.data.resolve(), args.scale, args.repeats, tmp)
+            return
         folder = args.keep or tmp / "cats_and_dogs_x"
         if not folder.exists():
             written, seconds = build_folder(args.data.resolve(), folder, args.scale, args.limit)

@@ -42,6 +42,7 @@ LAYERS = [
     ["sweep.config"],
     ["sweep.space"],
     ["data.folders", "data.arrays", "data.pipeline"],
+    ["data.sources"],
     ["data.images"],
     ["model.builders"],
     ["model.features"],

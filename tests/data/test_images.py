@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import zipfile
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ablation.data.folders import list_images, resolve_source, split_validation
+from ablation.data.folders import list_images, split_validation
 from ablation.data.images import load_images
+from ablation.data.sources import resolve_source
 from ablation.errors import UserError
 from ablation.sweep.sections import Data
 from conftest import copy_images
@@ -117,24 +119,26 @@ def test_data_errors_say_what_is_wrong(tmp_path: Path) -> None:
     assert "no readable images of class 'dogs' in train/" in message(unreadable)
 
 
-def test_url_source_is_downloaded_once_with_get_file(
-    small_data: Path, tmp_path: Path, keras_home: Path
-) -> None:
+def test_url_source_is_downloaded_once(small_data: Path, tmp_path: Path, keras_home: Path) -> None:
     archive = tmp_path / "cats_and_dogs_filtered.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted(small_data.rglob("*.jpg")):
             zipped.write(path, Path("cats_and_dogs_filtered") / path.relative_to(small_data))
-    root, layout = resolve_source(archive.as_uri())
-    assert layout == "train+validation"
-    assert root.name == "cats_and_dogs_filtered"
-    assert (root / "train" / "cats" / "cat.1.jpg").is_file()
-    assert root.is_relative_to(keras_home / "datasets")  # Keras's own cache
+    source = resolve_source(Data(source=archive.as_uri()))
+    assert source.layout == "train+validation"
+    assert source.root.name == "cats_and_dogs_filtered"
+    assert (source.root / "train" / "cats" / "cat.1.jpg").is_file()
+    assert source.root.is_relative_to(keras_home / "datasets")  # Keras's own cache
+    assert source.archive_sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
     archive.unlink()  # a second resolve uses the cache, not the (now gone) origin
-    assert resolve_source(archive.as_uri()) == (root, layout)
+    assert resolve_source(Data(source=archive.as_uri())) == source
 
 
 def test_unreachable_url_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cannot download http://127\.0\.0\.1:9/data\.zip"):
-        resolve_source("http://127.0.0.1:9/data.zip")
+        resolve_source(Data(source="http://127.0.0.1:9/data.zip"))
     with pytest.raises(UserError, match="cannot download file://"):
-        resolve_source((tmp_path / "absent.zip").as_uri())
+        resolve_source(Data(source=(tmp_path / "absent.zip").as_uri()))
+    (tmp_path / "notes.zip").write_text("not an archive")
+    with pytest.raises(UserError, match=r"notes\.zip is not a zip archive \(14 bytes"):
+        resolve_source(Data(source=(tmp_path / "notes.zip").as_uri()))

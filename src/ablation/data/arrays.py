@@ -34,7 +34,8 @@ CHUNK_BYTES = 16 * 2**20  # bytes copied at a time from one file to another
 
 @contextlib.contextmanager
 def building(path: Path, done: str | None = None) -> Iterator[Path]:
-    """A new temporary folder beside ``path``, renamed to ``path`` once filled (atomic).
+    """A new temporary folder beside ``path``, renamed to ``path`` once filled (atomic);
+    its files, in sub-folders too, are on disk before it is.
 
     The temporary folder is removed if filling it fails, or if another process made
     ``path`` first (then that one is kept; if ``done`` names a file, it must be in it,
@@ -45,9 +46,10 @@ def building(path: Path, done: str | None = None) -> Iterator[Path]:
     partial.mkdir()
     try:
         yield partial
-        for file in partial.iterdir():  # on disk before the folder appears (and its pages clean)
-            with file.open("rb") as opened:
-                os.fsync(opened.fileno())
+        for file in partial.rglob("*"):  # on disk before the folder appears (pages clean)
+            if file.is_file():
+                with file.open("rb") as opened:
+                    os.fsync(opened.fileno())
         try:
             partial.rename(path)
         except OSError:  # a non-empty folder is there: another process won the race

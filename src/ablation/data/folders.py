@@ -1,4 +1,5 @@
-"""A data folder's layout, found by looking at it, and its listing of image files.
+"""A data folder's layout, found by looking at it, its listing of image files, the
+listing's identity, and the seeded splits.
 
 Three layouts (:data:`LAYOUTS`):
 
@@ -8,8 +9,25 @@ Three layouts (:data:`LAYOUTS`):
 * ``classes``: one folder of class sub-folders only; its images are split per
   class into train, validation and test (:func:`split_classes`).
 
-``data.source`` is a URL of a zip archive (downloaded once into Keras's cache) or a
-local folder; an archive's single top folder is looked into.
+``data.source`` is a local folder or an archive's URL (:mod:`ablation.data.sources`);
+an archive's single top folder is looked into.
+
+**Identity.** The data's identity (:meth:`Listing.fingerprint`: the ``data_sha256``
+param, and the key of the decoded images in ``data.cache_dir``) is a hash of each
+image's name (relative to the data folder), label and content: the SHA-256 of its
+bytes. A photo edited in place (same name, same size, even the same modification
+time) is new data; the folder copied to another machine is the same data.
+
+Each file's SHA-256 is remembered per machine, as git's index does, so that a rerun
+reads no photo again: a memo in ``data.cache_dir`` (``file-sha256/``, one JSON file
+per data folder) maps each file to its device, inode, size, modification time and
+change time (nanoseconds) and its SHA-256; a file whose five are unchanged is not
+read. The change time (ctime) is set by the kernel at every write and cannot be set
+back (``touch -d``, ``cp -p`` and rsync set only the modification time), so an edit
+that keeps the old modification time is still seen. A file changed in the last
+:data:`RACY_NS` is hashed but not remembered: a second write within one timestamp
+tick would leave its times as they were. The memo is replaced atomically under a
+lock (:mod:`ablation.files`): processes hashing at once merge what they found.
 
 Example:
     >>> import numpy as np
@@ -21,14 +39,18 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
-import urllib.parse
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ablation.errors import UserError, first_line
+from ablation.errors import UserError
+from ablation.files import locked, write_atomically
 
 SPLIT_FOLDERS = ("train", "validation", "test")  # a split data folder's sub-folders
 LAYOUTS = {
@@ -55,49 +77,98 @@ class Listing:
     skipped: list[Path] = field(default_factory=list)
     layout: str = "train+validation"
 
-    def fingerprint(self) -> str:
-        """A short hash of the listing (relative names and sizes): the dataset's identity."""
+    def fingerprint(self, memo: Path | None = None) -> str:
+        """A short hash of each image's relative name, label and SHA-256: the dataset's
+        identity. With ``memo`` (a folder: ``data.cache_dir``), files unchanged since
+        they were last hashed on this machine are not read again.
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("a/1.jpg", "b/1.jpg"):
+        ...     (root / name).parent.mkdir()
+        ...     _ = (root / name).write_bytes(b"photo " + name.encode())
+        >>> listing = list_images(root)
+        >>> before = listing.fingerprint(memo=root / "cache")
+        >>> _ = (root / "a/1.jpg").write_bytes(b"PHOTO a/1.jpg")  # the same size
+        >>> listing.fingerprint(memo=root / "cache") == before
+        False
+        """
+        folders = LAYOUTS[self.layout]
+        files = [(path, label) for folder in folders for path, label in self.files[folder]]
+        relatives = [path.relative_to(self.root).as_posix() for path, _ in files]
+        hashes = file_sha256s(self.root, relatives, memo)
         digest = hashlib.sha256()
-        for folder in LAYOUTS[self.layout]:
-            for path, label in self.files[folder]:
-                relative = path.relative_to(self.root).as_posix()
-                digest.update(f"{relative}\0{label}\0{path.stat().st_size}\n".encode())
+        for relative, (_, label), sha256 in zip(relatives, files, hashes, strict=True):
+            digest.update(f"{relative}\0{label}\0{sha256}\n".encode())
         return digest.hexdigest()[:16]
 
 
-def resolve_source(source: str) -> tuple[Path, str]:
-    """The local folder behind ``data.source`` and its layout, downloading a URL once.
-
-    Raises:
-        UserError: The directory does not exist, the URL cannot be fetched, or the
-            folder has a split folder without the others it needs.
-    """
-    scheme = urllib.parse.urlparse(source).scheme
-    if scheme in ("http", "https", "ftp", "file"):
-        return find_layout(_download(source), source)
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise UserError(
-            f"data.source: {source!r} is not a directory (give a folder with train/ and "
-            "validation/ (and test/), or of class folders, or an http(s):// or file:// URL "
-            "of a zip archive)"
-        )
-    return find_layout(root, source)
+RACY_NS = 2 * 10**9  # a file changed this recently is hashed but not remembered
+HASH_THREADS = 4  # files read at once (hashlib hashes without the GIL; bench/README.md)
+READ_BYTES = 2**20  # of a file, read and hashed at a time
+_MEMO_FORMAT = 1
 
 
-def _download(url: str) -> Path:
-    """The archive at ``url``, downloaded and extracted once into Keras's cache
-    (``$KERAS_HOME/datasets``)."""
-    import keras
+def file_sha256s(root: Path, relatives: list[str], memo: Path | None = None) -> list[str]:
+    """The SHA-256 of each file ``root / relative``: from the memo in the folder ``memo``
+    where the file's device, inode, size, modification and change times are the ones
+    remembered, else read (and remembered)."""
+    memo_file = None if memo is None else memo / "file-sha256" / f"{_short_hash(root)}.json"
+    remembered = _read_memo(memo_file)
+    now = time.time_ns()
+    found: dict[str, str] = {}
+    unread: dict[str, list[int]] = {}  # relative name -> its stat, to be read
+    for relative in relatives:
+        stat = os.stat(root / relative)
+        key = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+        entry = remembered.get(relative)
+        if entry is not None and entry[:5] == key:
+            found[relative] = str(entry[5])
+        else:
+            unread[relative] = key
+    names = list(unread)
+    shares = [names[start::HASH_THREADS] for start in range(HASH_THREADS)]
+    with ThreadPoolExecutor(HASH_THREADS) as pool:  # a share each: one hand-off per thread
+        hashed = pool.map(_sha256s, [root] * len(shares), shares)
+        for share, hashes in zip(shares, hashed, strict=True):
+            found |= dict(zip(share, hashes, strict=True))
+    learned = {  # a file changed within a timestamp tick of now may change again unseen
+        relative: [*key, found[relative]]
+        for relative, key in unread.items()
+        if max(key[3], key[4]) < now - RACY_NS
+    }
+    if memo_file is not None and learned:
+        with locked(memo_file):  # another process may have added its own since
+            merged = _read_memo(memo_file) | learned
+            content = json.dumps({"format": _MEMO_FORMAT, "root": str(root), "files": merged})
+            write_atomically(memo_file, lambda partial: partial.write_text(content))
+    return [found[relative] for relative in relatives]
 
-    name = Path(urllib.parse.urlparse(url).path).name or "dataset.zip"
-    stem = name.split(".")[0]
+
+def _sha256s(root: Path, relatives: list[str]) -> list[str]:
+    """The SHA-256 of each file ``root / relative``, read a chunk at a time."""
+    hashes = []
+    for relative in relatives:
+        digest = hashlib.sha256()
+        with open(root / relative, "rb", buffering=0) as opened:
+            while chunk := opened.read(READ_BYTES):
+                digest.update(chunk)
+        hashes.append(digest.hexdigest())
+    return hashes
+
+
+def _read_memo(memo_file: Path | None) -> dict[str, list[int | str]]:
+    """A memo's entries (relative name -> device, inode, size, mtime, ctime, SHA-256);
+    none if it is missing, of another format, or unreadable (then it is rewritten)."""
     try:
-        extracted = keras.utils.get_file(fname=stem, origin=url, extract=True)
-    except Exception as exc:  # get_file wraps network failures in a bare Exception
-        reason = getattr(exc, "reason", None) or first_line(exc)
-        raise UserError(f"data.source: cannot download {url} ({reason})") from None
-    return Path(extracted)
+        content = json.loads(memo_file.read_text()) if memo_file else {}
+    except (OSError, ValueError):
+        return {}
+    return content.get("files", {}) if content.get("format") == _MEMO_FORMAT else {}
+
+
+def _short_hash(root: Path) -> str:
+    return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
 
 
 def _folders(path: Path) -> list[Path]:

@@ -1,10 +1,9 @@
 """The image data: fetch or find it, decode it once, split it, serve it as tf.data.
 
-``data.source`` is either a URL of a zip archive (the blog's
-``cats_and_dogs_filtered.zip``), downloaded once into Keras's cache with
-``keras.utils.get_file``, or a local directory, in one of three layouts
-(:mod:`ablation.data.folders`): ``train/`` + ``validation/``, the same + ``test/``, or
-class folders only.
+``data.source`` is either a URL of an archive (the blog's ``cats_and_dogs_filtered.zip``),
+downloaded once (:mod:`ablation.data.sources`), or a local directory, in one of three
+layouts (:mod:`ablation.data.folders`): ``train/`` + ``validation/``, the same +
+``test/``, or class folders only.
 
 Images are decoded and resized once into uint8 arrays; each trial then gets its
 own shuffled view of the same arrays. Where the folder has no ``test/``, the test
@@ -13,7 +12,8 @@ validation folder, or, with class folders only, train, validation and test are
 all split from them. The test set is never used for selection.
 
 With ``data.cache_dir`` the decoded images live in a folder there,
-``images-HxW-KEY/`` (``x_train.npy``, ``y_train.npy``, ... and ``meta.json``),
+``images-HxW-KEY/`` (``x_train.npy``, ``y_train.npy``, ... and ``meta.json``; KEY from
+the data's identity, its files' content, and the size and split),
 decoded into it a batch at a time (memory bounded by a batch, not by the data)
 and read back memory-mapped: every process that reads it (each trial's process)
 shares one copy in the operating system's page cache instead of holding its own.
@@ -52,14 +52,8 @@ from typing import Any
 import numpy as np
 
 from ablation.data.arrays import allocate, building, gather, write_rows
-from ablation.data.folders import (
-    LAYOUTS,
-    Listing,
-    list_images,
-    resolve_source,
-    split_classes,
-    split_validation,
-)
+from ablation.data.folders import LAYOUTS, Listing, list_images, split_classes, split_validation
+from ablation.data.sources import resolve_source
 from ablation.errors import UserError
 from ablation.redaction import redact
 from ablation.sweep.sections import Data
@@ -144,7 +138,7 @@ def decode(paths: list[Path], image_size: tuple[int, int]) -> tuple[np.ndarray, 
 _CACHE: dict[str, Images] = {}
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 _META = "meta.json"
-_FORMAT = 2  # of a cache folder: 2 added the test images' paths
+_FORMAT = 3  # of a cache folder: 2 added the test images' paths; 3 keys it by content
 
 
 def write_images(images: Images, path: Path) -> None:
@@ -178,17 +172,18 @@ def read_images(path: Path) -> Images:
     )
 
 
-def cache_folder(config: Data, listing: Listing) -> Path | None:
-    """Where the decoded images of this data, layout, size and split are kept between runs."""
+def cache_folder(config: Data, fingerprint: str, layout: str) -> Path | None:
+    """Where the decoded images of the data whose identity is ``fingerprint``
+    (:meth:`Listing.fingerprint`), in this layout, size and split, are kept between runs."""
     if config.cache_dir is None:
         return None
     identity = (
         _FORMAT,
-        listing.fingerprint(),
+        fingerprint,
         config.image_size,
         config.test_fraction,
         config.split_seed,
-        listing.layout,
+        layout,
         config.validation_fraction,
     )
     key = hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
@@ -200,22 +195,26 @@ def load_images(config: Data) -> Images:
     """Fetch, list, decode and split the data of a sweep.
 
     Decoding happens once: the result is kept in this process and, when
-    ``data.cache_dir`` is set, in a folder keyed by the data listing, layout, image
-    size and split, read back memory-mapped. Files that are not images, or that fail
-    to decode, are skipped with one warning naming them.
+    ``data.cache_dir`` is set, in a folder keyed by the data's identity (its files'
+    names, labels and content: a photo edited in place is decoded again), layout,
+    image size and split, read back memory-mapped. Files that are not images, or that
+    fail to decode, are skipped with one warning naming them.
 
     Raises:
-        UserError: A class with no readable image, or a class missing from a split.
+        UserError: A class with no readable image, a class missing from a split, or an
+            archive that is not the one ``data.sha256`` names.
     """
-    root, layout = resolve_source(config.source)
-    listing = list_images(root, config.limit_per_class, layout)
-    cached = cache_folder(config, listing)
-    key = str(cached) if cached else repr((str(root), listing.fingerprint(), config))
+    source = resolve_source(config)
+    listing = list_images(source.root, config.limit_per_class, source.layout)
+    memo = Path(config.cache_dir) if config.cache_dir else None
+    fingerprint = listing.fingerprint(memo)
+    cached = cache_folder(config, fingerprint, listing.layout)
+    key = str(cached) if cached else repr((str(source.root), fingerprint, config))
     if key in _CACHE:
         return _CACHE[key]
     if cached is not None:
         if not cached.is_dir():
-            _decode_to_folder(config, listing, cached)
+            _decode_to_folder(config, listing, fingerprint, cached)
         _CACHE[key] = read_images(cached)
         return _CACHE[key]
     folders = _decode_folders(config, listing, into=None)
@@ -228,16 +227,16 @@ def load_images(config: Data) -> Images:
         arrays[f"x_{split}"], arrays[f"y_{split}"] = (x, y) if whole else (x[index], y[index])
     _CACHE[key] = Images(
         class_names=listing.class_names,
-        fingerprint=listing.fingerprint(),
+        fingerprint=fingerprint,
         source=redact(config.source),
-        layout=layout,
+        layout=listing.layout,
         test_paths=_test_paths(folders, splits),
         **arrays,
     )
     return _CACHE[key]
 
 
-def _decode_to_folder(config: Data, listing: Listing, path: Path) -> None:
+def _decode_to_folder(config: Data, listing: Listing, fingerprint: str, path: Path) -> None:
     """Decode the images and save them as the folder ``path``, a batch and a chunk at a time."""
     with building(path, done=_META) as partial:
         folders = _decode_folders(config, listing, into=partial)
@@ -250,7 +249,7 @@ def _decode_to_folder(config: Data, listing: Listing, path: Path) -> None:
             _decoded_file(partial, folder).unlink()
         meta = Images(
             class_names=listing.class_names,
-            fingerprint=listing.fingerprint(),
+            fingerprint=fingerprint,
             source=redact(config.source),  # kept in the cache folder: never a password
             layout=listing.layout,
             test_paths=_test_paths(folders, splits),

@@ -13,7 +13,8 @@ Example:
 
 from __future__ import annotations
 
-from ablation.data.folders import SAYS, resolve_source
+from ablation.data.folders import SAYS
+from ablation.data.sources import downloaded_source
 from ablation.redaction import redact
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
@@ -55,16 +56,35 @@ def plan(sweep: Sweep) -> list[str]:
 
 
 def data_line(sweep: Sweep) -> str:
-    """Which data, in which layout (a local folder is looked at; an archive once downloaded).
+    """Which data, in which layout: a local folder is looked at, a URL's archive is not
+    downloaded (its SHA-256 and layout are said once it is, checked against
+    ``data.sha256``).
+
+    >>> from ablation.sweep.config import load_sweep
+    >>> print(data_line(load_sweep("sweeps/blog.yaml", ["data.sha256=" + "ab" * 32])))
+    data: https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip (an
+    archive, not downloaded yet: its layout and SHA-256 are seen when the study starts;
+    data.sha256 expects abab...abab)
 
     Raises:
-        UserError: A local ``data.source`` that is not a data folder.
+        UserError: A local ``data.source`` that is not a data folder, or a downloaded
+            archive that is not the one ``data.sha256`` names.
     """
-    source = redact(sweep.data.source)
-    if "://" in sweep.data.source:
-        return f"data: {source} (an archive: its layout is seen once it is downloaded)"
-    root, layout = resolve_source(sweep.data.source)
-    return f"data: {root}: {SAYS[layout]}"
+    data = sweep.data
+    source = downloaded_source(data)
+    if source is None:
+        expects = f"data.sha256 expects {data.sha256}" if data.sha256 else "no data.sha256"
+        return (
+            f"data: {redact(data.source)} (an archive, not downloaded yet: its layout and "
+            f"SHA-256 are seen when the study starts; {expects})"
+        )
+    if source.archive_sha256 is None:
+        return f"data: {source.root}: {SAYS[source.layout]}"
+    checked = "as data.sha256 expects" if data.sha256 else "data.sha256 not set"
+    return (
+        f"data: {redact(data.source)}: archive SHA-256 {source.archive_sha256} ({checked}), "
+        f"extracted in {source.root}: {SAYS[source.layout]}"
+    )
 
 
 def stores(sweep: Sweep) -> str:

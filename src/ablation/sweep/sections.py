@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -185,6 +187,21 @@ class Data(Section):
     cache_dir: str | None = Field(
         None, description="where decoded images are kept between runs; default mlruns/cache"
     )
+    sha256: str | None = Field(
+        None,
+        description="the SHA-256 of the archive data.source names (a URL only): an archive "
+        "that differs, downloaded or cached, stops the study before it is used",
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_is_64_hex_digits(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(
+                f"{value!r} is not a SHA-256 (allowed: 64 hexadecimal digits, as sha256sum "
+                "prints them)"
+            )
+        return value.lower() if value else value
 
     @model_validator(mode="after")
     def _fractions_leave_training_images(self) -> Data:
@@ -193,7 +210,20 @@ class Data(Section):
                 f"validation_fraction ({self.validation_fraction}) + test_fraction "
                 f"({self.test_fraction}) must be below 1: the rest is the training set"
             )
+        if self.sha256 is not None and not self.is_url():
+            raise ValueError(
+                "sha256 checks a downloaded archive, and source is a local folder "
+                "(allowed: sha256 with an http(s)://, ftp:// or file:// URL of an archive)"
+            )
         return self
+
+    def is_url(self) -> bool:
+        """Whether ``source`` is the URL of an archive to download, not a local folder.
+
+        >>> Data(source="file:///tmp/photos.zip").is_url(), Data(source="photos/").is_url()
+        (True, False)
+        """
+        return urllib.parse.urlparse(self.source).scheme in ("http", "https", "ftp", "file")
 
 
 class Train(Section):
