@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -34,6 +35,8 @@ from ablation.sweep.stores import ALLOWED, dialect, is_database, local_file, sto
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger(__name__)
 
 
 def open_storage(
@@ -89,6 +92,14 @@ def _engine_kwargs(url: str) -> dict[str, object]:
     return {}
 
 
+# A database's own named lock, held by a connection: how to take it, how to give it back.
+_NAMED_LOCKS = {
+    "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
+    "mysql": ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"),
+    "mariadb": ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"),
+}
+
+
 @contextlib.contextmanager
 def lock(storage: str, name: str) -> Iterator[None]:
     """Hold a named lock that every process using this storage, on every machine, respects.
@@ -99,36 +110,21 @@ def lock(storage: str, name: str) -> Iterator[None]:
     """
     check_storage(storage)
     key = int(hashlib.sha256(f"ablation:{name}".encode()).hexdigest()[:15], 16)
-    if dialect(storage) == "postgresql":
+    kind = dialect(storage)
+    if kind in _NAMED_LOCKS:
         import sqlalchemy
 
+        take, release = _NAMED_LOCKS[kind]
+        values = {"key": key if kind == "postgresql" else f"ablation-{key}"}
         engine = sqlalchemy.create_engine(
             storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
         )
         with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.execute(sqlalchemy.text(take), values)
             try:
                 yield
             finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-        engine.dispose()
-        return
-    if dialect(storage) in ("mysql", "mariadb"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(
-            storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
-        )
-        with engine.connect() as connection:
-            connection.execute(
-                sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"ablation-{key}"}
-            )
-            try:
-                yield
-            finally:
-                connection.execute(
-                    sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": f"ablation-{key}"}
-                )
+                connection.execute(sqlalchemy.text(release), values)
         engine.dispose()
         return
     # A file on this machine (SQLite database or journal): an flock beside it. Only such a
@@ -141,11 +137,13 @@ def lock(storage: str, name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
-    """Beat for a running trial while the context is open (RDB storages only).
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, number: int) -> Iterator[None]:
+    """Beat for a running trial (storage-wide ``trial_id``, ``number`` in its study) while
+    the context is open (RDB storages only).
 
     Optuna beats by itself only inside ``Study.optimize``; a study driven by
     ask-and-tell, as this one is, beats here, on the storage it was opened on.
+    A failed beat is not worth a crash: the first one logs a warning, the beats go on.
     """
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if interval is None:
@@ -154,9 +152,20 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
     stop = threading.Event()
 
     def beat() -> None:
+        warned = False
         while not stop.is_set():
-            with contextlib.suppress(Exception):  # a missed beat is not worth a crash
+            try:
                 storage.record_heartbeat(trial_id)
+            except Exception as exc:  # any database error: the next beat may land
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "trial %d: its heartbeat failed (%s); still beating every %d s. Beats "
+                        "missed for study.grace_seconds let another process fail the trial.",
+                        number,
+                        first_line(exc.__cause__ or exc),  # Optuna wraps the database's
+                        interval,
+                    )
             stop.wait(interval)
 
     thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")

@@ -204,7 +204,7 @@ def _run_trial(
     started = time.perf_counter()
     try:
         trial_id = records.optuna.trial_id(trial.number)
-        with heartbeat(records.optuna.storage, trial_id):
+        with heartbeat(records.optuna.storage, trial_id, trial.number):
             run_id = records.tracker.start_trial(
                 records.parent_id,
                 study_name=sweep.study.name,
