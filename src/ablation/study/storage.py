@@ -173,7 +173,7 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, number: int) 
                         "trial %d: its heartbeat failed (%s); still beating every %d s. Beats "
                         "missed for study.grace_seconds let another process fail the trial.",
                         number,
-                        first_line(exc.__cause__ or exc),  # Optuna wraps the database's
+                        first_line(exc.__cause__ or exc),  # the database's, not Optuna's wrapper
                         interval,
                     )
             stop.wait(interval)
