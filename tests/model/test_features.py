@@ -4,7 +4,14 @@ the whole model's batches and random draws."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +34,7 @@ from ablation.model.training import train
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
 from ablation.sweep.sections import Train
-from conftest import SMALL_WEIGHTS, copy_images, frozen_sweep
+from conftest import REPO, SMALL_WEIGHTS, copy_images, frozen_sweep
 
 FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
@@ -133,6 +140,166 @@ def test_features_are_read_back_from_the_cache_dir(small_data: Path, tmp_path: P
         parts.extractor, images, ("val",), key=key, cache_dir=str(tmp_path), batch_size=8
     )
     np.testing.assert_array_equal(again["val"], computed["val"] + 1.0)
+
+
+# One trial's process getting its features: build the model, wait for the go (a line on
+# stdin), load them; its log says whether it computed them or read them. Interrupted
+# (SIGINT), it says whether it still holds the lock, then tries again.
+GET_FEATURES = """
+import fcntl, json, logging, sys
+from pathlib import Path
+from ablation.data.images import load_images
+from ablation.model.builders import build_model
+from ablation.model.features import feature_key, load_features
+from ablation.sweep.config import load_sweep
+from ablation.sweep.factors import Configuration
+
+sweep = load_sweep(sys.argv[1], json.loads(sys.argv[2]))
+configuration = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
+images = load_images(sweep.data)
+network = build_model(configuration, image_size=(96, 96), num_classes=2, weights=sweep.model)
+key = feature_key(sweep, images, configuration)
+logging.basicConfig(format="%(message)s")
+logging.getLogger("ablation.model.features").setLevel(logging.INFO)
+print("ready", flush=True)
+sys.stdin.readline()
+while True:
+    try:
+        load_features(network.extractor, images, ("train", "val", "test"), key=key,
+                      cache_dir=sweep.data.cache_dir, batch_size=8)
+        break
+    except KeyboardInterrupt:
+        lock = Path(sweep.data.cache_dir) / f"features-{key}" / "train.npy.lock"
+        with open(lock, "a") as handle:  # another open file: refused while this one holds it
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        print("interrupted, lock released", flush=True)
+"""
+SPLITS = ("train", "val", "test")
+
+
+def features_overrides(data: Path, cache_dir: Path) -> list[str]:
+    """:func:`small_sweep`'s sweep, spelled out for another process."""
+    return [
+        f"data.source={data}",
+        f"data.cache_dir={cache_dir}",
+        f"model.weights={SMALL_WEIGHTS}",
+        "model.alpha=0.35",
+        "train.patience=null",
+        "data.image_size=[96, 96]",
+    ]
+
+
+def start_getting_features(data: Path, cache_dir: Path) -> subprocess.Popen[str]:
+    """A process that gets the features of :func:`features_overrides`' sweep, once told to
+    (it has imported TensorFlow and built its model when it says ``ready``)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            GET_FEATURES,
+            str(REPO / "sweeps" / "blog.yaml"),
+            json.dumps(features_overrides(data, cache_dir)),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def go(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    assert process.stdin is not None
+    process.stdin.write("go\n")
+    process.stdin.flush()
+
+
+def held(lock: Path) -> bool:
+    """Whether another open file (another process) holds the flock on ``lock``."""
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def wait_until(condition, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow  # two processes import TensorFlow and build MobileNetV2
+def test_two_processes_that_need_the_same_features_compute_them_once(
+    small_data: Path, tmp_path: Path
+) -> None:
+    load_images(small_sweep(small_data, tmp_path).data)  # the images decoded, for both
+    processes = [start_getting_features(small_data, tmp_path) for _ in range(2)]
+    try:
+        for process in processes:
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        for process in processes:  # both at once, neither finding the features yet
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        logs = []
+        for process in processes:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err
+            logs.append(err)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    (folder,) = tmp_path.glob("features-*")
+    for split in SPLITS:
+        computed = [i for i, log in enumerate(logs) if f"features {split}: computed" in log]
+        assert len(computed) == 1, logs  # one process computed them, the other read them
+        assert f"features {split}: read from {folder / f'{split}.npy'}" in logs[1 - computed[0]]
+        assert (folder / f"{split}.npy").is_file()
+    (computer,) = [log for log in logs if "features train: computed" in log]
+    (waiter,) = [log for log in logs if log is not computer]
+    # The second found no features, waited for the lock, then found them: it waited.
+    assert "features train: read from" in waiter and "by another process meanwhile" in waiter
+
+
+@pytest.mark.slow  # a process imports TensorFlow and builds MobileNetV2
+def test_a_process_interrupted_or_killed_computing_features_leaves_the_lock_free(
+    small_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweep = small_sweep(small_data, tmp_path)
+    images = load_images(sweep.data)
+    key = feature_key(sweep, images, FROZEN)
+    folder = tmp_path / f"features-{key}"
+    lock = folder / "train.npy.lock"
+    process = start_getting_features(small_data, tmp_path)
+    try:
+        go(process)
+        wait_until(lambda: held(lock))  # computing the training set's features
+        process.send_signal(signal.SIGINT)  # Ctrl-C: the lock is given back at once
+        assert process.stdout is not None
+        assert process.stdout.readline() == "interrupted, lock released\n"
+        wait_until(lambda: held(lock))  # computing them again
+        process.kill()  # as the out-of-memory killer would: no clean-up in the process
+        process.wait()
+    finally:
+        process.kill()
+        process.wait()
+    assert not held(lock) and not (folder / "train.npy").exists()  # nothing half written
+    network = build_model(FROZEN, image_size=(96, 96), num_classes=2, weights=sweep.model)
+    assert network.extractor is not None
+    with caplog.at_level(logging.INFO, logger="ablation.model.features"):
+        computed = load_features(
+            network.extractor, images, ("train",), key=key, cache_dir=str(tmp_path), batch_size=8
+        )
+    assert "features train: computed" in caplog.text  # not waiting on the dead process
+    np.testing.assert_array_equal(np.load(folder / "train.npy"), computed["train"])
 
 
 def test_the_key_changes_with_data_weights_size_and_preprocessing(

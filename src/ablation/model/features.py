@@ -4,7 +4,9 @@ A frozen backbone run in inference mode maps an image to the same features in
 every epoch of every trial. So when nothing random stands between the input and
 the backbone (no augmentation), a trial computes ``backbone(preprocess(image))``
 once per (data, weights, width, preprocessing, image size, precision), keeps it
-in ``data.cache_dir``, and trains only the head (pooling, dropout, logits) on it.
+in ``data.cache_dir`` (where trials that need the same features at once, in
+several processes, wait for the one that computes them: :func:`load_features`),
+and trains only the head (pooling, dropout, logits) on it.
 The validation and test sets never pass through augmentation, so their features
 are used whatever the configuration. The head's layers are the full model's own
 layers (:class:`ablation.model.builders.Network`), so the model a trial records is still
@@ -41,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +53,7 @@ import numpy as np
 
 from ablation.data.images import SPLITS, Images
 from ablation.data.pipeline import eval_dataset, train_dataset
-from ablation.files import write_atomically
+from ablation.files import locked, write_atomically
 from ablation.model.builders import Network, in_policy, weights_fingerprint
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
@@ -58,6 +61,8 @@ from ablation.sweep.sections import Train
 
 if TYPE_CHECKING:
     import keras
+
+log = logging.getLogger(__name__)
 
 _CACHE: dict[tuple[str, str], np.ndarray] = {}
 
@@ -134,23 +139,46 @@ def load_features(
     """The backbone features of ``splits``: from this process, from ``cache_dir``, or computed.
 
     Computed features are written to ``cache_dir/features-KEY/SPLIT.npy`` (atomically:
-    a concurrent reader sees the whole file or none).
+    a concurrent reader sees the whole file or none), by one process of this machine:
+    the first to take that file's lock computes, the others wait for it, then read it.
     """
     features = {}
     for split in splits:
         if (key, split) not in _CACHE:
             path = Path(cache_dir) / f"features-{key}" / f"{split}.npy" if cache_dir else None
-            if path is not None and path.is_file():
-                _CACHE[key, split] = np.load(path)
-            else:
-                x, y = images.split(split)
-                computed = extractor.predict(eval_dataset(x, y, batch_size), verbose=0)
-                _CACHE[key, split] = np.asarray(computed)
-                if path is not None:
-                    array = _CACHE[key, split]
-                    write_atomically(path, lambda partial, array=array: np.save(partial, array))
+            _CACHE[key, split] = _read_or_compute(extractor, images, split, path, batch_size)
         features[split] = _CACHE[key, split]
     return features
+
+
+def _read_or_compute(
+    extractor: keras.Model, images: Images, split: str, path: Path | None, batch_size: int
+) -> np.ndarray:
+    """A split's features, read from ``path`` or computed (and written there).
+
+    The lock is an flock: the kernel releases it when its process dies (killed, out of
+    memory), and a KeyboardInterrupt releases it on its way out, so no one waits forever.
+    """
+    if path is None:
+        return _compute(extractor, images, split, batch_size)
+    if path.is_file():
+        log.info("features %s: read from %s", split, path)
+        return np.load(path)
+    with locked(path):
+        if path.is_file():
+            log.info(
+                "features %s: read from %s, computed by another process meanwhile", split, path
+            )
+            return np.load(path)
+        computed = _compute(extractor, images, split, batch_size)
+        write_atomically(path, lambda partial: np.save(partial, computed))
+        log.info("features %s: computed, written to %s", split, path)
+        return computed
+
+
+def _compute(extractor: keras.Model, images: Images, split: str, batch_size: int) -> np.ndarray:
+    x, y = images.split(split)
+    return np.asarray(extractor.predict(eval_dataset(x, y, batch_size), verbose=0))
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,21 @@ processes on one machine never meet SQLite's "database is locked".
 RDB storages get Optuna's heartbeat: a trial whose process (on any machine)
 stops beating for ``study.grace_seconds`` is failed by the next process that
 joins the study, and its grid point runs again.
+
+Each process that asks a guided study (tpe, random) for trials samples with a seed
+of its own, recorded on each trial it asks (``sampler_seed``, beside ``worker``):
+the k-th process to join the study draws with :func:`sampler_seed` of the study's
+first seed and k, so that workers, machines and a study's later runs never repeat
+each other's draws, while a lone process on a fresh study draws what ``seeds[0]``
+draws. Threads of one process share its study object, so its one sampler. A grid's
+points are all enqueued: its sampler never draws, and it takes no seed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -34,6 +43,10 @@ from ablation.sweep.stores import ALLOWED, dialect, is_database, local_file, sto
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger(__name__)
+
+SAMPLERS_JOINED = "samplers_joined"  # study user attr: processes that took a sampler seed
 
 
 def open_storage(
@@ -89,6 +102,14 @@ def _engine_kwargs(url: str) -> dict[str, object]:
     return {}
 
 
+# A database's own named lock, held by a connection: how to take it, how to give it back.
+_NAMED_LOCKS = {
+    "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
+    "mysql": ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"),
+    "mariadb": ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"),
+}
+
+
 @contextlib.contextmanager
 def lock(storage: str, name: str) -> Iterator[None]:
     """Hold a named lock that every process using this storage, on every machine, respects.
@@ -99,36 +120,21 @@ def lock(storage: str, name: str) -> Iterator[None]:
     """
     check_storage(storage)
     key = int(hashlib.sha256(f"ablation:{name}".encode()).hexdigest()[:15], 16)
-    if dialect(storage) == "postgresql":
+    kind = dialect(storage)
+    if kind in _NAMED_LOCKS:
         import sqlalchemy
 
+        take, release = _NAMED_LOCKS[kind]
+        values = {"key": key if kind == "postgresql" else f"ablation-{key}"}
         engine = sqlalchemy.create_engine(
             storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
         )
         with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.execute(sqlalchemy.text(take), values)
             try:
                 yield
             finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-        engine.dispose()
-        return
-    if dialect(storage) in ("mysql", "mariadb"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(
-            storage, poolclass=sqlalchemy.pool.NullPool, **_engine_kwargs(storage)
-        )
-        with engine.connect() as connection:
-            connection.execute(
-                sqlalchemy.text("SELECT GET_LOCK(:name, -1)"), {"name": f"ablation-{key}"}
-            )
-            try:
-                yield
-            finally:
-                connection.execute(
-                    sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": f"ablation-{key}"}
-                )
+                connection.execute(sqlalchemy.text(release), values)
         engine.dispose()
         return
     # A file on this machine (SQLite database or journal): an flock beside it. Only such a
@@ -141,11 +147,13 @@ def lock(storage: str, name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
-    """Beat for a running trial while the context is open (RDB storages only).
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, number: int) -> Iterator[None]:
+    """Beat for a running trial (storage-wide ``trial_id``, ``number`` in its study) while
+    the context is open (RDB storages only).
 
     Optuna beats by itself only inside ``Study.optimize``; a study driven by
     ask-and-tell, as this one is, beats here, on the storage it was opened on.
+    A failed beat is not worth a crash: the first one logs a warning, the beats go on.
     """
     interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
     if interval is None:
@@ -154,9 +162,20 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
     stop = threading.Event()
 
     def beat() -> None:
+        warned = False
         while not stop.is_set():
-            with contextlib.suppress(Exception):  # a missed beat is not worth a crash
+            try:
                 storage.record_heartbeat(trial_id)
+            except Exception as exc:  # any database error: the next beat may land
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "trial %d: its heartbeat failed (%s); still beating every %d s. Beats "
+                        "missed for study.grace_seconds let another process fail the trial.",
+                        number,
+                        first_line(exc.__cause__ or exc),  # the database's, not Optuna's wrapper
+                        interval,
+                    )
             stop.wait(interval)
 
     thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
@@ -178,6 +197,13 @@ class OptunaStudy:
 
     study: optuna.Study
     storage: optuna.storages.BaseStorage
+    sampler_seed: int | None = None  # this process's, where its sampler draws (tpe, random)
+
+    def record_worker(self, trial: optuna.Trial) -> None:
+        """Record on a trial just asked for who runs it, and with which sampler seed."""
+        trial.set_user_attr("worker", worker_identity())
+        if self.sampler_seed is not None:
+            trial.set_user_attr("sampler_seed", self.sampler_seed)
 
     def trial_id(self, number: int) -> int:
         """The storage-wide id of the study's trial ``number`` (a Trial keeps it private)."""
@@ -195,8 +221,14 @@ class OptunaStudy:
         return optuna.trial.Trial(self.study, trial_id)
 
 
-def open_study(sweep: Sweep) -> OptunaStudy:
+def open_study(sweep: Sweep, *, asks: bool = True) -> OptunaStudy:
     """Create or load the sweep's study in its persistent storage.
+
+    Args:
+        sweep: The validated sweep.
+        asks: This process asks the study for trials (the study's process): with a
+            guided sampler it takes its own sampler seed (:func:`sampler_seed`). A
+            trial's process, which only reports epochs, passes False.
 
     Raises:
         UserError: The storage cannot be opened, or refuses the study.
@@ -204,12 +236,6 @@ def open_study(sweep: Sweep) -> OptunaStudy:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seed = sweep.study.first_seeds[0]
-    sampler: optuna.samplers.BaseSampler
-    if sweep.study.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed)
-    else:  # a grid's points are all enqueued, so its sampler never picks a value
-        sampler = optuna.samplers.RandomSampler(seed=seed)
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=sweep.study.prune_after)
         if sweep.study.pruner == "median"
@@ -224,17 +250,54 @@ def open_study(sweep: Sweep) -> OptunaStudy:
         study = optuna.create_study(
             study_name=sweep.study.name,
             storage=storage,
-            sampler=sampler,
+            sampler=_sampler(sweep.study.sampler, sweep.study.first_seeds[0]),
             pruner=pruner,
             direction="maximize",
             load_if_exists=True,
         )
-        return OptunaStudy(study, storage)
+        if not asks or sweep.study.sampler == "grid":
+            return OptunaStudy(study, storage)
+        seed = _take_sampler_seed(sweep, study)
+        study.sampler = _sampler(sweep.study.sampler, seed)  # per process: Optuna stores none
+        return OptunaStudy(study, storage, sampler_seed=seed)
     except Exception as exc:  # a database that refuses the schema, a broken journal
         raise UserError(
             f"study.storage: cannot open study {sweep.study.name!r} in "
             f"{sweep.study.storage_url()!r} ({first_line(exc)})"
         ) from None
+
+
+def _sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _take_sampler_seed(sweep: Sweep, study: optuna.Study) -> int:
+    """This process's sampler seed, counted under the study's lock: two never take one."""
+    with lock(sweep.study.storage_url(), f"sampler-{sweep.study.name}"):
+        joined = int(study.user_attrs.get(SAMPLERS_JOINED, 0))
+        study.set_user_attr(SAMPLERS_JOINED, joined + 1)
+    return sampler_seed(sweep.study.first_seeds[0], joined)
+
+
+def sampler_seed(study_seed: int, joined: int) -> int:
+    """The sampler seed of the process that joins a study after ``joined`` others did.
+
+    The first takes the study's own seed; the k-th after it the first 4 bytes (big-endian)
+    of ``sha256("ablation-sampler:{study_seed}:{k}")``: no two share a seed by arithmetic.
+
+    >>> sampler_seed(0, 0), sampler_seed(7, 0)
+    (0, 7)
+    >>> sampler_seed(0, 1) != sampler_seed(0, 2) != sampler_seed(1, 1)
+    True
+    """
+    if joined == 0:
+        return study_seed
+    digest = hashlib.sha256(f"ablation-sampler:{study_seed}:{joined}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def fail_dead_trials(study: optuna.Study) -> tuple[int, set[int]]:

@@ -97,8 +97,9 @@ class Stores:
 
 
 def open_stores(sweep: Sweep) -> Stores:
-    """Open the sweep's MLflow store and Optuna study (a trial process does it ahead)."""
-    return Stores(Tracker(sweep.tracking, sweep.experiment_name), open_study(sweep))
+    """Open the sweep's MLflow store and Optuna study (a trial process does it ahead): to
+    report epochs, not to ask for trials (it takes no sampler seed)."""
+    return Stores(Tracker(sweep.tracking, sweep.experiment_name), open_study(sweep, asks=False))
 
 
 def run_trial(

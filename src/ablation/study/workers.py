@@ -21,7 +21,7 @@ from ablation.data.images import Images
 from ablation.model.features import plan_features
 from ablation.study.process import SpareProcesses
 from ablation.study.rounds import ATTR_COLLAPSED, ATTR_CORRECT, ATTR_TEST_ACCURACY
-from ablation.study.storage import OptunaStudy, ask, heartbeat, worker_identity
+from ablation.study.storage import OptunaStudy, ask, heartbeat
 from ablation.study.trial import TrialOutcome, TrialSpec, run_trial
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
@@ -179,7 +179,7 @@ def _next_trial(study: optuna.Study, context: Context) -> tuple[int, optuna.Tria
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return None
         context.started += 1
-        trial.set_user_attr("worker", worker_identity())
+        context.records.optuna.record_worker(trial)
         return context.started - 1, trial
 
 
@@ -206,7 +206,7 @@ def _run_trial(
     started = time.perf_counter()
     try:
         trial_id = records.optuna.trial_id(trial.number)
-        with heartbeat(records.optuna.storage, trial_id):
+        with heartbeat(records.optuna.storage, trial_id, trial.number):
             run_id = records.tracker.start_trial(
                 records.parent_id,
                 study_name=sweep.study.name,
@@ -229,11 +229,13 @@ def _run_trial(
 
 def _trial_params(context: Context, params: Params, seed: int) -> dict[str, Any]:
     """A trial run's params: the study's identity, then the trial's factors, which
-    override the train section's value (``learning_rate``)."""
+    override the train section's value (``learning_rate``); with a guided sampler, the
+    seed of the sampler of the process that asked for the trial."""
     configuration = space.configuration(params)
     plan = plan_features(configuration, context.sweep.train)
     computes_features = bool(plan.splits) or plan.train_per_epoch
     batch = context.sweep.feature_batch_size(configuration) if computes_features else None
+    sampler_seed = context.records.optuna.sampler_seed
     return {
         **context.params.every_trial,
         **(context.params.pretrained if configuration.pretrained else {}),
@@ -241,6 +243,7 @@ def _trial_params(context: Context, params: Params, seed: int) -> dict[str, Any]
         **({ParamName.FEATURE_BATCH_SIZE: batch} if batch is not None else {}),
         **params,
         ParamName.SEED: seed,
+        **({ParamName.SAMPLER_SEED: sampler_seed} if sampler_seed is not None else {}),
     }
 
 

@@ -71,6 +71,7 @@ class ParamName:
     """Param names on a trial's run, beside the factors of the space (each under its own name)."""
 
     SEED = "seed"
+    SAMPLER_SEED = "sampler_seed"  # tpe, random: the seed of the process's sampler that drew it
     CLASSES = "classes"  # the class names as a JSON list, in the order of the model's outputs
     CLASS_NAMES = "class_names"  # the same, comma-joined: read from older records only
     LAYOUT = "data_layout"
