@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -120,8 +121,13 @@ def test_a_file_changed_just_now_is_not_remembered(tmp_path: Path) -> None:
     assert not (tmp_path / "file-sha256").exists()  # every file was copied just now
 
 
-def _hash_in_a_process(root: str, relatives: list[str], memo: str) -> list[str]:
-    return folders.file_sha256s(Path(root), relatives, memo=Path(memo))
+HASH_IN_A_PROCESS = """
+import json, sys
+from pathlib import Path
+from ablation.data import folders
+root, memo, relatives = sys.argv[1], sys.argv[2], sys.argv[3:]
+print(json.dumps(folders.file_sha256s(Path(root), relatives, memo=Path(memo))))
+"""
 
 
 def test_processes_hashing_at_once_merge_the_memo(tmp_path: Path) -> None:
@@ -129,8 +135,17 @@ def test_processes_hashing_at_once_merge_the_memo(tmp_path: Path) -> None:
     relatives = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
     assert len(relatives) == 24
     jobs = [(str(root), relatives[start::4], str(tmp_path)) for start in range(4)]  # disjoint
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        found = pool.starmap(_hash_in_a_process, jobs)
+    # Plain processes (a multiprocessing pool waits forever for a worker that dies).
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", HASH_IN_A_PROCESS, root_, memo, *part],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for root_, part, memo in jobs
+    ]
+    found = [json.loads(process.communicate(timeout=300)[0]) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4
     for (_, part, _), hashes in zip(jobs, found, strict=True):
         assert hashes == [hashlib.sha256((root / r).read_bytes()).hexdigest() for r in part]
     (memo_file,) = (tmp_path / "file-sha256").glob("*.json")
