@@ -36,7 +36,7 @@ from ablation.autotune.precision import resolve_auto
 from ablation.autotune.timings import machine_key
 from ablation.data.images import Images, load_images, write_images
 from ablation.errors import UserError
-from ablation.model.builders import mobilenet_v2_base, weights_fingerprint
+from ablation.model.backbones import pretrained_base, weights_fingerprint
 from ablation.redaction import redact, redacted
 from ablation.study.fingerprint import as_new_study, hold_settings, settings_tags, study_settings
 from ablation.study.plan import grid_points
@@ -58,6 +58,7 @@ from ablation.study.workers import (
     work_in_threads,
 )
 from ablation.sweep import space
+from ablation.sweep.backbones import variant
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Params
 from ablation.tracking.figures import data_figures, write_figures
@@ -249,14 +250,23 @@ def _identity(sweep: Sweep, images: Images) -> dict[str, Any]:
 
 
 def _weights_identity(sweep: Sweep) -> dict[str, Any]:
-    """The params of the trials with a pretrained backbone: which weights it stands on."""
-    if not space.uses_pretrained(sweep.space):
-        return {}
-    return {
-        "weights": redact(sweep.model.weights),
-        "alpha": sweep.model.alpha,
-        "weights_sha256": weights_fingerprint(sweep.data.image_size, sweep.model),
-    }
+    """The params of the trials with a pretrained backbone: which weights each backbone
+    (at each width) the space can produce stands on, flat. With one, ``weights``,
+    ``alpha`` (its width, if it has one) and ``weights_sha256``, as a study of the blog's
+    records; with several, ``weights.<variant>`` and ``weights_sha256.<variant>`` per
+    variant (e.g. ``mobilenet_v2_0.35``), the width in the name, so that no ``alpha``
+    param stands beside the ``alpha`` factor on a trial without a width."""
+    variants = space.pretrained_variants(sweep.space, sweep.model.alpha)
+    size = sweep.data.image_size
+    found: dict[str, Any] = {}
+    for backbone, width in variants:
+        source = sweep.model.source(backbone, width)
+        key = "" if len(variants) == 1 else f".{variant(backbone, width)}"
+        found[f"weights{key}"] = redact(source) if source is not None else "none"
+        if len(variants) == 1 and width is not None:
+            found["alpha"] = width
+        found[f"weights_sha256{key}"] = weights_fingerprint(backbone, width, size, source)
+    return found
 
 
 def _recover_dead_trials(study: optuna.Study, tracker: Tracker) -> None:
@@ -311,8 +321,11 @@ def _finished_or_running(study: optuna.Study) -> set[str]:
 
 
 def _check_weights(sweep: Sweep) -> None:
-    """Load the backbone once before any trial, so a weights problem is one clear line."""
+    """Load each pretrained backbone (at each width) once before any trial, so a weights
+    or size problem is one clear line."""
     import keras
 
-    mobilenet_v2_base(sweep.data.image_size, sweep.model)
-    keras.backend.clear_session()
+    for backbone, width in space.pretrained_variants(sweep.space, sweep.model.alpha):
+        source = sweep.model.source(backbone, width)
+        pretrained_base(backbone, sweep.data.image_size, source, width)
+        keras.backend.clear_session()

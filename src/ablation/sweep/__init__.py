@@ -1,5 +1,7 @@
 """The sweep file and what it declares: the design choices and the space they span.
 
+* :mod:`~ablation.sweep.backbones`: what each backbone is (its Keras constructor,
+  preprocessing, minimum size, widths, ImageNet cache file), without importing Keras;
 * :mod:`~ablation.sweep.factors`: one point of the design space (``Configuration``) and
   one searched choice (``Factor``), compared by value (``True`` is not ``1``);
 * :mod:`~ablation.sweep.stores`: the addresses of the Optuna and MLflow stores, read in
