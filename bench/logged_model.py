@@ -44,7 +44,7 @@ def main() -> None:
 
     from ablation.model.builders import build_model, inference_copy
     from ablation.sweep.factors import Configuration
-    from ablation.sweep.sections import PretrainedWeights
+    from ablation.sweep.pretrained import PretrainedWeights
     from ablation.tracking.mlflow_objects import log_keras_model, model_signature
 
     store = Path(tempfile.mkdtemp(prefix="bench-logged-model-"))

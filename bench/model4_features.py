@@ -37,11 +37,10 @@ SMALL = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
 def backbone_overrides(size: int) -> list[str]:
     """MobileNetV2 alpha 1.0 (ImageNet) if its weights are cached for ``size``, else 0.35."""
-    from ablation.model.builders import imagenet_weights_file
-    from ablation.sweep.sections import PretrainedWeights
+    from ablation.sweep.backbones import BACKBONES
 
     models = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-    if (models / imagenet_weights_file((size, size), PretrainedWeights())).is_file():
+    if (models / BACKBONES["mobilenet_v2"].imagenet_file(1.0, (size, size))).is_file():
         return ["model.weights=imagenet", "model.alpha=1.0"]
     if (models / SMALL).is_file():
         return [f"model.weights={models / SMALL}", "model.alpha=0.35"]

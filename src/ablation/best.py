@@ -124,6 +124,9 @@ def _main(args: argparse.Namespace) -> int:
     configuration = space.configuration(best.params)
     shown = configuration.model_dump()
     shown["learning_rate"] = sweep.train.learning_rate_of(configuration)
+    shown["alpha"] = sweep.model.width_of(configuration)
+    if shown["alpha"] is None:  # a backbone without a width
+        del shown["alpha"]
     classes = class_names_of(tracker.run_params(best.run_id))
     print(
         f"best of {complete} complete trial(s) of study {sweep.study.name!r}: "

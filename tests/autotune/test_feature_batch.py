@@ -25,7 +25,7 @@ from ablation.autotune.feature_batch import (
 )
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
-from ablation.sweep.sections import PretrainedWeights
+from ablation.sweep.pretrained import PretrainedWeights
 from conftest import CATS_AND_DOGS, SMALL_WEIGHTS, frozen_sweep
 
 MOBILENET = Configuration(backbone="mobilenet_v2")

@@ -27,7 +27,8 @@ from ablation.autotune.precision import (
 from ablation.autotune.timings import machine_identity, machine_key
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
-from ablation.sweep.sections import PretrainedWeights, Train
+from ablation.sweep.pretrained import PretrainedWeights
+from ablation.sweep.sections import Train
 from conftest import CATS_AND_DOGS, SMALL_WEIGHTS, frozen_sweep
 
 

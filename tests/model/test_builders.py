@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 
 from ablation.errors import UserError
+from ablation.model.backbones import weights_fingerprint
 from ablation.model.builders import (
     build_model,
     compile_model,
     inference_copy,
     unfreeze_top,
-    weights_fingerprint,
 )
 from ablation.sweep.factors import Configuration
-from ablation.sweep.sections import Precision, PretrainedWeights, Train
+from ablation.sweep.pretrained import PretrainedWeights
+from ablation.sweep.sections import Precision, Train
 from ablation.sweep.space import BLOG_MODELS, configuration
 from conftest import SMALL_WEIGHTS, WEIGHTS
 
@@ -125,7 +126,7 @@ def test_imagenet_weights_come_from_keras_home_and_are_fingerprinted() -> None:
     ).model
     file = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
     expected = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
-    assert weights_fingerprint((160, 160), PretrainedWeights()) == expected
+    assert weights_fingerprint("mobilenet_v2", 1.0, (160, 160), "imagenet") == expected
     assert model.get_layer("mobilenetv2_1.00_160").trainable is False
 
 
@@ -138,7 +139,7 @@ def test_a_weights_file_loads_at_another_size() -> None:
     ).model
     assert model.output_shape == (None, 3)
     assert (
-        weights_fingerprint((64, 64), PretrainedWeights(weights=str(SMALL_WEIGHTS), alpha=0.35))
+        weights_fingerprint("mobilenet_v2", 0.35, (64, 64), str(SMALL_WEIGHTS))
         == (hashlib.sha256(SMALL_WEIGHTS.read_bytes()).hexdigest()[:16])
     )
 

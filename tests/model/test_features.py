@@ -129,7 +129,7 @@ def test_features_are_read_back_from_the_cache_dir(small_data: Path, tmp_path: P
     images = load_images(sweep.data)
     parts = build_model(FROZEN, image_size=(96, 96), num_classes=2, weights=sweep.model)
     assert parts.extractor is not None
-    key = feature_key(sweep, images, FROZEN)
+    key = feature_key(sweep, images, FROZEN, 0)
     computed = load_features(
         parts.extractor, images, ("val",), key=key, cache_dir=str(tmp_path), batch_size=8
     )
@@ -307,11 +307,11 @@ def test_the_key_changes_with_data_weights_size_and_preprocessing(
 ) -> None:
     sweep = small_sweep(small_data, tmp_path)
     images = load_images(sweep.data)
-    key = feature_key(sweep, images, FROZEN)
+    key = feature_key(sweep, images, FROZEN, 0)
 
     # Unrelated to the features: augmentation (train split only), seed-free factors.
-    assert feature_key(sweep, images, FROZEN.model_copy(update={"rotation": 0.1})) == key
-    assert feature_key(sweep, images, FROZEN.model_copy(update={"augment": True})) == key
+    assert feature_key(sweep, images, FROZEN.model_copy(update={"rotation": 0.1}), 0) == key
+    assert feature_key(sweep, images, FROZEN.model_copy(update={"augment": True}), 0) == key
 
     changed = {}
     more = tmp_path / "more"
@@ -319,22 +319,22 @@ def test_the_key_changes_with_data_weights_size_and_preprocessing(
     extra = next((more / "train" / "cats").iterdir())
     shutil.copy(extra, extra.with_name("cat.9999.jpg"))
     other_data = small_sweep(more, tmp_path)
-    changed["data"] = feature_key(other_data, load_images(other_data.data), FROZEN)
+    changed["data"] = feature_key(other_data, load_images(other_data.data), FROZEN, 0)
     resized = small_sweep(small_data, tmp_path, "data.image_size=[128, 128]")
-    changed["size"] = feature_key(resized, load_images(resized.data), FROZEN)
+    changed["size"] = feature_key(resized, load_images(resized.data), FROZEN, 0)
     resplit = small_sweep(small_data, tmp_path, "data.split_seed=1")
-    changed["split"] = feature_key(resplit, load_images(resplit.data), FROZEN)
+    changed["split"] = feature_key(resplit, load_images(resplit.data), FROZEN, 0)
     weights = tmp_path / "weights.h5"
     shutil.copy(SMALL_WEIGHTS, weights)
     reweighted = small_sweep(small_data, tmp_path, f"model.weights={weights}")
-    changed["weights path"] = feature_key(reweighted, images, FROZEN)
+    changed["weights path"] = feature_key(reweighted, images, FROZEN, 0)
     with weights.open("ab") as file:
         file.write(b"\0")  # the same file, other bytes
-    changed["weights bytes"] = feature_key(reweighted, images, FROZEN)
+    changed["weights bytes"] = feature_key(reweighted, images, FROZEN, 0)
     imagenet = small_sweep(small_data, tmp_path, "model.weights=imagenet", "model.alpha=1.0")
-    changed["imagenet"] = feature_key(imagenet, images, FROZEN)
+    changed["imagenet"] = feature_key(imagenet, images, FROZEN, 0)
     changed["preprocess"] = feature_key(
-        sweep, images, FROZEN.model_copy(update={"preprocess": "none"})
+        sweep, images, FROZEN.model_copy(update={"preprocess": "none"}), 0
     )
     assert key not in changed.values()
     assert len(set(changed.values())) == len(changed)

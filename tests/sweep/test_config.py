@@ -95,8 +95,8 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
         (["study.sampler=tpe"], "sampler 'tpe' needs 'trials: N'"),
         (["study.trials=3"], "'trials' is for the tpe and random samplers"),
         (
-            ["space.backbone.choice=[resnet50]"],
-            "'resnet50' is not allowed (allowed: cnn, mobilenet_v2)",
+            ["space.backbone.choice=[vgg16]"],
+            "'vgg16' is not allowed (allowed: cnn, mobilenet_v2)",
         ),
         (["space.rotation.choice=[2.0]"], "rotation: 2.0 is not allowed (a number >= 0 and <= 1)"),
         (["space.augment.choice=[]"], "space.augment.choice: List should have at least 1 item"),

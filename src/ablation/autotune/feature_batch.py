@@ -38,10 +38,11 @@ from typing import Any
 
 from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
 from ablation.model.builders import timing_network
+from ablation.sweep import space
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import BackboneName, Configuration
-from ablation.sweep.sections import Precision, PretrainedWeights
-from ablation.sweep.space import backbones
+from ablation.sweep.pretrained import PretrainedWeights
+from ablation.sweep.sections import Precision
 
 CANDIDATES = (8, 32, 128)
 """Images per pass timed: small enough for a CPU's caches, large enough for a GPU."""
@@ -68,28 +69,31 @@ class BackboneShape:
 
     backbone: BackboneName
     image_size: tuple[int, int]
-    alpha: float
+    alpha: float | None  # None for a backbone without a width
     policy: Precision
 
     @property
     def key(self) -> str:
         size = "x".join(map(str, self.image_size))
-        return f"{self.backbone} {size} alpha {self.alpha:g} {self.policy}"
+        alpha = f" alpha {self.alpha:g}" if self.alpha is not None else ""
+        return f"{self.backbone} {size}{alpha} {self.policy}"
 
 
 def computed_shapes(sweep: Sweep) -> dict[str, BackboneShape]:
-    """The pretrained backbones the space can produce, if their features are computed."""
-    shapes = {}
-    for backbone in backbones(sweep.space):
-        configuration = Configuration(backbone=backbone)
-        if configuration.pretrained and sweep.train.cache_features:
-            shapes[backbone] = BackboneShape(
-                configuration.backbone,
-                tuple(sweep.data.image_size),  # type: ignore[arg-type]
-                sweep.model.alpha,
-                sweep.train.dtype_policy(configuration),
-            )
-    return shapes
+    """The pretrained backbones the space can produce (each at its widest width), if their
+    features are computed."""
+    if not sweep.train.cache_features:
+        return {}
+    widths = space.widest_widths(sweep.space, sweep.model.alpha)
+    return {
+        backbone: BackboneShape(
+            backbone,
+            tuple(sweep.data.image_size),  # type: ignore[arg-type]
+            width,
+            sweep.train.dtype_policy(Configuration(backbone=backbone)),
+        )
+        for backbone, width in widths.items()
+    }
 
 
 def resolve_auto(
@@ -155,7 +159,7 @@ def _time_candidates(
     import tensorflow as tf
 
     keras.backend.clear_session()
-    configuration = Configuration(backbone=shape.backbone)
+    configuration = Configuration(backbone=shape.backbone, alpha=shape.alpha)
     extractor = timing_network(configuration, shape.image_size, weights, shape.policy).extractor
     assert extractor is not None  # a pretrained backbone's
     images = tf.TensorSpec((None, *shape.image_size, 3), "float32")

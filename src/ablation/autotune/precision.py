@@ -39,10 +39,11 @@ from typing import Any, get_args
 
 from ablation.autotune.timings import AutoSetting, in_spawned_process, resolve
 from ablation.model.builders import timing_network
+from ablation.sweep import space
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import BackboneName, Configuration, is_one_of
-from ablation.sweep.sections import Precision, PretrainedWeights
-from ablation.sweep.space import backbones
+from ablation.sweep.pretrained import PretrainedWeights
+from ablation.sweep.sections import Precision
 
 MARGIN = 0.10
 """A policy other than float32 is picked only if its step takes at least 10% less time:
@@ -78,7 +79,7 @@ class Shape:
     image_size: tuple[int, int]
     batch_size: int
     augment: bool  # random flip and rotation in front: the frozen backbone runs every step
-    alpha: float | None = None  # MobileNetV2's width; None for the CNN
+    alpha: float | None = None  # the backbone's width; None for one without (the CNN)
 
     @property
     def key(self) -> str:
@@ -90,32 +91,24 @@ class Shape:
 def timed_shapes(sweep: Sweep) -> dict[str, Shape]:
     """For each backbone the space can produce, the step timed: with augmentation if any
     of its configurations augments (the heaviest step; without it a frozen backbone's
-    features are computed once). Fine-tuning steps are not timed.
+    features are computed once), at the widest width it can have. Fine-tuning steps
+    are not timed.
 
     >>> from ablation.sweep.config import load_sweep
     >>> [shape.key for shape in timed_shapes(load_sweep("sweeps/blog.yaml")).values()]
     ['cnn 160x160 batch 32 augment', 'mobilenet_v2 160x160 batch 32 alpha 1 augment']
     """
-    shapes = {}
-    for backbone in backbones(sweep.space):
-        pretrained = Configuration(backbone=backbone).pretrained
-        shapes[backbone] = Shape(
+    widths = space.widest_widths(sweep.space, sweep.model.alpha)
+    return {
+        backbone: Shape(
             backbone,
             tuple(sweep.data.image_size),  # type: ignore[arg-type]
             sweep.data.batch_size,
-            augment=_may_augment(sweep, backbone),
-            alpha=sweep.model.alpha if pretrained else None,
+            augment=is_one_of(True, space.values_with(sweep.space, "augment", backbone)),
+            alpha=widths.get(backbone),
         )
-    return shapes
-
-
-def _may_augment(sweep: Sweep, backbone: object) -> bool:
-    factor = sweep.space.get("augment")
-    if factor is None or factor.choice is None:
-        return Configuration().augment
-    if "backbone" in factor.when and not is_one_of(backbone, factor.condition("backbone")):
-        return Configuration().augment  # augment does not exist for this backbone
-    return is_one_of(True, factor.choice)
+        for backbone in space.backbones(sweep.space)
+    }
 
 
 def resolve_auto(
@@ -125,7 +118,7 @@ def resolve_auto(
     and what decided it (for the study's record); any other sweep as it is, and ``{}``.
 
     ``measure`` times the shapes not in the cache (default :func:`measure_in_process`, with
-    ``threads``: a trial process's). The sweep's MobileNetV2 weights must load.
+    ``threads``: a trial process's). The sweep's pretrained weights must load.
     """
     measure = measure or functools.partial(measure_in_process, threads=threads)
     return resolve(PRECISION, sweep, measure, threads)
@@ -189,7 +182,7 @@ def _time_policies(
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (shape.batch_size, *shape.image_size, 3)).astype("float32")
     y = rng.integers(0, 2, shape.batch_size)
-    configuration = Configuration(backbone=shape.backbone, augment=shape.augment)
+    configuration = Configuration(backbone=shape.backbone, augment=shape.augment, alpha=shape.alpha)
     models = {}
     for policy in policies:
         models[policy] = timing_network(configuration, shape.image_size, weights, policy).model

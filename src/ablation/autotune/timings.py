@@ -37,7 +37,7 @@ from ablation.autotune.cores import available_cores, use_threads
 from ablation.errors import first_line
 from ablation.files import locked, write_atomically
 from ablation.sweep.config import Sweep
-from ablation.sweep.sections import PretrainedWeights
+from ablation.sweep.pretrained import PretrainedWeights
 
 log = logging.getLogger(__name__)
 

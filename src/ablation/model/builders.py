@@ -12,12 +12,14 @@ backbone, and a head with one logit per class::
     >>> network.backbone is None
     True
 
-Backbones:
+Backbones (:mod:`ablation.sweep.backbones` lists them):
     cnn: the blog's small CNN (three 3x3 convolutions, two max-poolings, flatten, dropout,
         Dense(num_classes)).
-    mobilenet_v2: MobileNetV2 with frozen ImageNet weights (run in inference mode),
-        global max (or average) pooling, dropout, Dense(num_classes). Fine-tuning
-        unfreezes its top layers afterwards (:func:`unfreeze_top`).
+    a Keras Applications model (``mobilenet_v2``, the blog's, ``efficientnet_b0``, ...):
+        frozen, its weights loaded (:func:`ablation.model.backbones.pretrained_base`),
+        run in inference mode, then global max (or average) pooling, dropout,
+        Dense(num_classes). Fine-tuning unfreezes its top layers afterwards
+        (:func:`unfreeze_top`).
 
 A model with a pretrained backbone comes with its two halves (:class:`Network`),
 built from the same layers: the feature extractor (preprocessing and backbone,
@@ -30,21 +32,19 @@ computed once, or, with augmentation, anew at each epoch's start.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ablation.errors import UserError, first_line
+from ablation.model.backbones import own_preprocessing, pretrained_base
+from ablation.sweep.backbones import BACKBONES, BLOG_CNN, Backbone
 from ablation.sweep.factors import Configuration
-from ablation.sweep.sections import Precision, PretrainedWeights
+from ablation.sweep.pretrained import PretrainedWeights
+from ablation.sweep.sections import Precision
+from ablation.sweep.space import effective_preprocess
 
 if TYPE_CHECKING:
     import keras
-
-MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class Network:
     # images -> preprocessed, augmented images (random with training=True): the backbone's
     # input in training; None without augmentation or a pretrained backbone
     augmenter: keras.Model | None = None
+    facts: Backbone = BACKBONES[BLOG_CNN]  # what the backbone is
 
 
 def build_model(
@@ -79,7 +80,7 @@ def build_model(
         configuration: The configuration.
         image_size: Height and width of the input images.
         num_classes: Number of output logits.
-        weights: The pretrained backbone's weights and width (MobileNetV2 only).
+        weights: The pretrained backbone's weights and default width (default: imagenet).
         seed: Seed of the augmentation and dropout layers.
         precision: Keras's dtype policy for every layer but the logits, which (and so
             the loss) stay float32: ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
@@ -99,10 +100,7 @@ def _build(
     from keras import layers
 
     inputs = keras.Input(shape=(*image_size, 3), name="image")
-    stem: list[Any] = []  # before the backbone, every pass (training or not)
-    if configuration.preprocess == "mobilenet_v2":
-        # Exactly keras.applications.mobilenet_v2.preprocess_input (x / 127.5 - 1) as a layer.
-        stem.append(layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_mobilenet_v2"))
+    stem = _preprocessing(configuration, image_size)  # before the backbone, every pass
     x = _apply(stem, inputs)
     augment = augmentation(configuration, seed=seed) if configuration.augment else None
     if augment is not None:
@@ -114,7 +112,10 @@ def _build(
         logits = layers.Dense(num_classes, name="logits", dtype="float32")
         return Network(keras.Model(inputs, logits(x), name=configuration.backbone))
 
-    backbone = mobilenet_v2_base(image_size, weights or PretrainedWeights())
+    weights = weights or PretrainedWeights()
+    width = weights.width_of(configuration)
+    source = weights.source(configuration.backbone, width)
+    backbone = pretrained_base(configuration.backbone, image_size, source, width)
     pooling = (
         layers.GlobalAveragePooling2D(name="global_average_pooling2d")
         if configuration.pooling == "avg"
@@ -126,7 +127,22 @@ def _build(
     model = keras.Model(
         inputs, _apply(head_layers, backbone(x, training=False)), name=configuration.backbone
     )
-    return _with_parts(model, backbone, stem, augment, head_layers)
+    return _with_parts(
+        model, backbone, stem, augment, head_layers, BACKBONES[configuration.backbone]
+    )
+
+
+def _preprocessing(configuration: Configuration, image_size: tuple[int, int]) -> list[Any]:
+    """The layers ``preprocess`` puts in front of the augmentation and the backbone."""
+    from keras import layers
+
+    preprocess = effective_preprocess(configuration)
+    if preprocess == "mobilenet_v2":
+        # Exactly keras.applications.mobilenet_v2.preprocess_input (x / 127.5 - 1) as a layer.
+        return [layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess_mobilenet_v2")]
+    if preprocess == "backbone":
+        return [own_preprocessing(configuration.backbone, image_size)]
+    return []
 
 
 @contextlib.contextmanager
@@ -167,6 +183,7 @@ def _with_parts(
     stem: list[Any],
     augment: keras.Sequential | None,
     head_layers: list[Any],
+    facts: Backbone,
 ) -> Network:
     """A pretrained model with its extractor, head and augmenter: the model's own layers."""
     import keras
@@ -179,7 +196,7 @@ def _with_parts(
     augmenter = None
     if augment is not None:
         augmenter = keras.Model(image, augment(_apply(stem, image)), name="augmenter")
-    return Network(model, backbone=backbone, extractor=extractor, head=head, augmenter=augmenter)
+    return Network(model, backbone, extractor, head, augmenter, facts)
 
 
 def _apply(layers: list[Any], x: Any) -> Any:
@@ -218,65 +235,9 @@ def augmentation(configuration: Configuration, seed: int | None = None) -> keras
     )
 
 
-def mobilenet_v2_base(image_size: tuple[int, int], pretrained: PretrainedWeights) -> keras.Model:
-    """MobileNetV2 without its top, weights loaded and frozen.
-
-    Raises:
-        UserError: The weights file is missing, cannot be downloaded, or does not fit.
-    """
-    import keras
-
-    weights = pretrained.weights
-    if weights != "imagenet" and not Path(weights).is_file():
-        raise UserError(f"model.weights: {weights!r} is not a file (allowed: imagenet or a path)")
-    if weights == "imagenet" and image_size[0] != image_size[1]:
-        raise UserError(
-            f"data.image_size {list(image_size)}: MobileNetV2's ImageNet weights need square "
-            f"images (one of {', '.join(map(str, MOBILENET_V2_SIZES))})"
-        )
-    try:
-        base = keras.applications.MobileNetV2(
-            input_shape=(*image_size, 3), include_top=False, weights=weights, alpha=pretrained.alpha
-        )
-    except Exception as exc:  # h5py, Keras and get_file raise many kinds (a bare Exception too)
-        if weights != "imagenet" or isinstance(exc, ValueError):
-            raise UserError(
-                f"model.weights: {weights!r} does not fit MobileNetV2 with alpha "
-                f"{pretrained.alpha} ({first_line(exc)}); allowed: imagenet, or a MobileNetV2 "
-                "weights file without its top"
-            ) from None
-        cached = imagenet_weights_file(image_size, pretrained)
-        raise UserError(
-            f"model.weights: cannot load MobileNetV2 ImageNet weights ({first_line(exc)}); "
-            f"offline, set KERAS_HOME to a folder with models/{cached}"
-            " or set model.weights to a weights file"
-        ) from None
-    base.trainable = False
-    return base
-
-
-def imagenet_weights_file(image_size: tuple[int, int], pretrained: PretrainedWeights) -> str:
-    """The file name Keras caches MobileNetV2's ImageNet weights under."""
-    rows = image_size[0] if image_size[0] in MOBILENET_V2_SIZES else 224
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{pretrained.alpha}_{rows}_no_top.h5"
-
-
-def weights_fingerprint(image_size: tuple[int, int], pretrained: PretrainedWeights) -> str:
-    """A short hash of the backbone's weights file, so results say what they stand on."""
-    if pretrained.weights == "imagenet":
-        keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-        path = Path(keras_home) / "models" / imagenet_weights_file(image_size, pretrained)
-        if not path.is_file():  # Keras falls back to /tmp when the home is not writable
-            path = Path("/tmp/.keras/models") / imagenet_weights_file(image_size, pretrained)
-    else:
-        path = Path(pretrained.weights)
-    if not path.is_file():
-        return "unknown"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def unfreeze_top(network: Network, count: int) -> list[str]:
-    """Make the backbone's top ``count`` layers trainable, BatchNorm layers excepted.
+    """Make the backbone's top ``count`` layers trainable, but the layer types its facts
+    keep frozen (BatchNorm, input normalisation; inside nested blocks too).
 
     BatchNorm layers stay frozen, and so in inference mode (their moving statistics
     are ImageNet's): updating them on small batches of a small dataset wrecks what
@@ -285,19 +246,29 @@ def unfreeze_top(network: Network, count: int) -> list[str]:
     Raises:
         ValueError: The model has no pretrained backbone.
     """
-    from keras import layers
+    import keras
 
     backbone = network.backbone
     if backbone is None:
         raise ValueError(f"model {network.model.name!r} has no pretrained backbone to fine-tune")
+    kept = tuple(getattr(keras.layers, name) for name in network.facts.kept_frozen)
     backbone.trainable = True
     top = {id(layer) for layer in backbone.layers[-count:]} if count > 0 else set()
     unfrozen = []
     for layer in backbone.layers:
-        layer.trainable = id(layer) in top and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = id(layer) in top and not isinstance(layer, kept)
+        _freeze_nested(layer, kept)
         if layer.trainable and layer.weights:
             unfrozen.append(layer.name)
     return unfrozen
+
+
+def _freeze_nested(layer: Any, kept: tuple[type, ...]) -> None:
+    """Freeze the ``kept`` layers inside a block (a nested model, e.g. ConvNeXt's stem)."""
+    for inner in getattr(layer, "layers", []):
+        if isinstance(inner, kept):
+            inner.trainable = False
+        _freeze_nested(inner, kept)
 
 
 def compile_model(

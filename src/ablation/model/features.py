@@ -3,10 +3,11 @@
 A frozen backbone run in inference mode maps an image to the same features in
 every epoch of every trial. So when nothing random stands between the input and
 the backbone (no augmentation), a trial computes ``backbone(preprocess(image))``
-once per (data, weights, width, preprocessing, image size, precision), keeps it
-in ``data.cache_dir`` (where trials that need the same features at once, in
-several processes, wait for the one that computes them: :func:`load_features`),
-and trains only the head (pooling, dropout, logits) on it.
+once per (data, backbone, weights, width, preprocessing, image size, precision; and
+seed, for a randomly initialised backbone), keeps it in ``data.cache_dir`` (where
+trials that need the same features at once, in several processes, wait for the one
+that computes them: :func:`load_features`), and trains only the head (pooling,
+dropout, logits) on it.
 The validation and test sets never pass through augmentation, so their features
 are used whatever the configuration. The head's layers are the full model's own
 layers (:class:`ablation.model.builders.Network`), so the model a trial records is still
@@ -54,10 +55,12 @@ import numpy as np
 from ablation.data.images import SPLITS, Images
 from ablation.data.pipeline import eval_dataset, train_dataset
 from ablation.files import locked, write_atomically
-from ablation.model.builders import Network, in_policy, weights_fingerprint
+from ablation.model.backbones import weights_fingerprint
+from ablation.model.builders import Network, in_policy
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
 from ablation.sweep.sections import Train
+from ablation.sweep.space import effective_preprocess
 
 if TYPE_CHECKING:
     import keras
@@ -108,22 +111,28 @@ def plan_features(configuration: Configuration, train: Train) -> FeaturePlan:
     return FeaturePlan(tuple(splits), train_per_epoch=configuration.augment)
 
 
-def feature_key(sweep: Sweep, images: Images, configuration: Configuration) -> str:
-    """What the cached features depend on: data, split, weights, width, preprocessing, size."""
-    identity = (
+def feature_key(sweep: Sweep, images: Images, configuration: Configuration, seed: int) -> str:
+    """What the cached features depend on: data, split, backbone, weights, width,
+    preprocessing, size, precision; and the seed, which draws random weights (``none``)."""
+    width = sweep.model.width_of(configuration)
+    source = sweep.model.source(configuration.backbone, width)
+    size = tuple(sweep.data.image_size)
+    identity: tuple[object, ...] = (
         images.fingerprint,
-        tuple(sweep.data.image_size),
+        size,
         sweep.data.test_fraction,
         sweep.data.split_seed,
         sweep.data.validation_fraction,
         images.layout,
         configuration.backbone,
-        weights_fingerprint(sweep.data.image_size, sweep.model),
-        sweep.model.weights,
-        sweep.model.alpha,
-        configuration.preprocess,
+        weights_fingerprint(configuration.backbone, width, size, source),  # type: ignore[arg-type]
+        source,
+        width,
+        effective_preprocess(configuration),
         sweep.train.dtype_policy(configuration),
     )
+    if source is None:
+        identity += (("seed", seed),)
     return hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
 
 

@@ -130,7 +130,7 @@ def train(
     started = time.perf_counter()
     network = _build(configuration, seed, sweep, len(images.class_names))
     plan = plan_features(configuration, sweep.train)
-    features = _features(network, plan, configuration, sweep, images)
+    features = _features(network, plan, configuration, sweep, images, seed)
     setup_seconds = time.perf_counter() - started
 
     fit = Fit(network, configuration, sweep, images, seed, _epoch_reporter(on_epoch))
@@ -209,6 +209,7 @@ def _features(
     configuration: Configuration,
     sweep: Sweep,
     images: Images,
+    seed: int,
 ) -> dict[str, np.ndarray]:
     if not plan.splits or network.extractor is None:
         return {}
@@ -216,7 +217,7 @@ def _features(
         network.extractor,
         images,
         plan.splits,
-        key=feature_key(sweep, images, configuration),
+        key=feature_key(sweep, images, configuration, seed),
         cache_dir=sweep.data.cache_dir,
         batch_size=sweep.feature_batch_size(configuration),
     )

@@ -36,7 +36,7 @@ from ablation.autotune.precision import resolve_auto
 from ablation.autotune.timings import machine_key
 from ablation.data.images import Images, load_images, write_images
 from ablation.errors import UserError
-from ablation.model.builders import mobilenet_v2_base, weights_fingerprint
+from ablation.model.backbones import check_weights, weights_identity
 from ablation.redaction import redact, redacted
 from ablation.study.fingerprint import as_new_study, hold_settings, settings_tags, study_settings
 from ablation.study.plan import grid_points
@@ -148,8 +148,8 @@ def _run_sweep(
 ) -> StudySummary:
     images = load_images(sweep.data)
     if space.uses_pretrained(sweep.space):
-        _check_weights(sweep)
-    identity, weights = _identity(sweep, images), _weights_identity(sweep)
+        check_weights(sweep)
+    identity, weights = _identity(sweep, images), weights_identity(sweep)
     settings = study_settings(sweep, identity, weights)
     if new_study:
         sweep = as_new_study(sweep, settings)
@@ -292,17 +292,6 @@ def _identity(sweep: Sweep, images: Images) -> dict[str, Any]:
     }
 
 
-def _weights_identity(sweep: Sweep) -> dict[str, Any]:
-    """The params of the trials with a pretrained backbone: which weights it stands on."""
-    if not space.uses_pretrained(sweep.space):
-        return {}
-    return {
-        "weights": redact(sweep.model.weights),
-        "alpha": sweep.model.alpha,
-        "weights_sha256": weights_fingerprint(sweep.data.image_size, sweep.model),
-    }
-
-
 def _recover_dead_trials(study: optuna.Study, tracker: Tracker) -> None:
     """Fail the trials whose process died, so that they run again; end their MLflow runs."""
     failed, running = fail_dead_trials(study)
@@ -336,11 +325,3 @@ def _images_folder(sweep: Sweep, images: Images) -> Path | None:
     atexit.register(shutil.rmtree, private, ignore_errors=True)
     write_images(images, private / "images")
     return private / "images"
-
-
-def _check_weights(sweep: Sweep) -> None:
-    """Load the backbone once before any trial, so a weights problem is one clear line."""
-    import keras
-
-    mobilenet_v2_base(sweep.data.image_size, sweep.model)
-    keras.backend.clear_session()

@@ -32,15 +32,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from ablation.errors import UserError
 from ablation.sweep.factors import Configuration, Factor, check_range, check_value, is_one_of
-from ablation.sweep.sections import (
-    DEFAULT_OUTPUT_DIR,
-    Data,
-    PretrainedWeights,
-    Section,
-    Study,
-    Tracking,
-    Train,
-)
+from ablation.sweep.pretrained import PretrainedWeights
+from ablation.sweep.sections import DEFAULT_OUTPUT_DIR, Data, Section, Study, Tracking, Train
 from ablation.sweep.stores import storage_problem
 
 

@@ -22,14 +22,18 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ablation.sweep.backbones import BACKBONES, WIDTHS
 
 Scalar = bool | int | float | str
 Params = dict[str, Scalar]
 """The values a trial takes for the factors of the space (factors not active are absent)."""
-BackboneName = Literal["cnn", "mobilenet_v2"]
+# Spelled once, in ablation.sweep.backbones: its table's names, as a Literal for pydantic.
+BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+Width = Literal[WIDTHS]  # type: ignore[valid-type]
 
 
 class Configuration(BaseModel):
@@ -46,14 +50,23 @@ class Configuration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backbone: BackboneName = "cnn"
-    preprocess: Literal["none", "mobilenet_v2"] = "none"
+    preprocess: Literal["none", "mobilenet_v2", "backbone"] = Field(
+        "none",
+        description="none; mobilenet_v2 (x / 127.5 - 1, the blog's); backbone: the "
+        "backbone's own (built into some, ablation.sweep.backbones; the CNN has none)",
+    )
     augment: bool = False
     flip: Literal["horizontal", "vertical", "horizontal_and_vertical"] = Field(
         "horizontal_and_vertical", description="the blog's RandomFlip(): Keras's default mode"
     )
     rotation: float = Field(0.2, ge=0.0, le=1.0, description="fraction of a full turn")
     # Beyond the blog; each default is the blog's model.
-    pooling: Literal["max", "avg"] = Field("max", description="MobileNetV2's global pooling")
+    pooling: Literal["max", "avg"] = Field(
+        "max", description="a pretrained backbone's global pooling"
+    )
+    alpha: Width | None = Field(
+        None, description="a pretrained backbone's width, where it has one; unset: model.alpha"
+    )
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate before the last layers")
     learning_rate: float | None = Field(
         None, gt=0.0, le=1.0, description="the optimizer's; unset: train.learning_rate"
@@ -69,8 +82,9 @@ class Configuration(BaseModel):
 
     @property
     def pretrained(self) -> bool:
-        """Whether the backbone is a pretrained network (frozen, ImageNet weights)."""
-        return self.backbone != "cnn"
+        """Whether the backbone is a Keras Applications model (frozen; ImageNet weights
+        unless ``model.weights`` says otherwise), not the blog's CNN."""
+        return BACKBONES[self.backbone].pretrained
 
     @property
     def fine_tunes(self) -> bool:
@@ -156,7 +170,7 @@ def check_value(name: str, value: Scalar) -> None:
 def check_range(name: str, factor: Factor) -> None:
     """Raise ``ValueError`` if a factor cannot be sampled from ``factor``'s range."""
     annotation = Configuration.model_fields[name].annotation
-    if annotation in (bool, str) or getattr(annotation, "__origin__", None) is Literal:
+    if annotation in (bool, str) or _literal(annotation) is not None:
         raise ValueError(f"{name}: a range is for numeric factors; give 'choice: [...]'")
     for bound in (factor.low, factor.high):
         value: Scalar = bound if bound is not None else 0.0
@@ -170,8 +184,9 @@ def check_range(name: str, factor: Factor) -> None:
 def _allowed(name: str) -> str:
     field = Configuration.model_fields[name]
     annotation = field.annotation
-    if getattr(annotation, "__origin__", None) is Literal:
-        return "allowed: " + ", ".join(map(str, annotation.__args__))
+    literal = _literal(annotation)
+    if literal is not None:
+        return "allowed: " + ", ".join(map(str, get_args(literal)))
     if annotation is bool:
         return "allowed: true, false"
     bounds = []
@@ -182,3 +197,11 @@ def _allowed(name: str) -> str:
                 bounds.append(f"{word} {value:g}")
     kind = "a whole number" if annotation is int else "a number"
     return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+def _literal(annotation: Any) -> Any:
+    """The ``Literal`` of a field's annotation (``Literal[...]`` or ``Literal[...] | None``)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if get_origin(candidate) is Literal:
+            return candidate
+    return None

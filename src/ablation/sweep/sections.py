@@ -1,5 +1,6 @@
-"""The sections of a sweep file, one pydantic model each: ``study``, ``data``, ``train``,
-``model`` and ``tracking`` (the ``space`` is :mod:`ablation.sweep.factors`'s).
+"""The sections of a sweep file, one pydantic model each: ``study``, ``data``, ``train``
+and ``tracking`` (the ``model`` section is :mod:`ablation.sweep.pretrained`'s, the
+``space`` :mod:`ablation.sweep.factors`'s).
 
 :class:`ablation.sweep.config.Sweep` puts them together and validates what spans
 sections; each model here validates only its own keys.
@@ -295,15 +296,6 @@ class Train(Section):
         if isinstance(self.precision, dict):
             return self.precision.get(configuration.backbone, "float32")
         return self.precision
-
-
-class PretrainedWeights(Section):
-    """The ``model`` section: the pretrained backbone's weights and width."""
-
-    weights: str = Field(
-        "imagenet", description="'imagenet' (Keras's cache or download) or a weights file"
-    )
-    alpha: Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4] = 1.0
 
 
 class Tracking(Section):

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ablation.errors import UserError
+from ablation.sweep.backbones import BACKBONES, variant
 from ablation.sweep.factors import (
     BackboneName,
     Configuration,
@@ -144,7 +145,8 @@ def configuration(params: Mapping[str, Any]) -> Configuration:
 
 
 def backbones(space: Mapping[str, Factor]) -> list[BackboneName]:
-    """The backbones the space's configurations can have, in the sweep's order.
+    """The backbones the space's configurations can have, in the sweep's order: the one
+    home of that question (the autotuning, the plan and the runner ask here).
 
     >>> backbones({"backbone": Factor(choice=["cnn", "mobilenet_v2"])}), backbones({})
     (['cnn', 'mobilenet_v2'], ['cnn'])
@@ -157,7 +159,65 @@ def backbones(space: Mapping[str, Factor]) -> list[BackboneName]:
 
 def uses_pretrained(space: Mapping[str, Factor]) -> bool:
     """Whether any configuration of the space has a pretrained backbone."""
-    return any(Configuration(backbone=backbone).pretrained for backbone in backbones(space))
+    return any(BACKBONES[backbone].pretrained for backbone in backbones(space))
+
+
+def values_with(space: Mapping[str, Factor], name: str, backbone: str) -> list[Scalar]:
+    """The values factor ``name`` can take in the space's configurations with ``backbone``:
+    its choices where it exists for that backbone, and its default where it may be absent.
+
+    >>> space = {"backbone": Factor(choice=["cnn", "mobilenet_v2"]),
+    ...          "augment": Factor(choice=[True], when={"backbone": "mobilenet_v2"})}
+    >>> values_with(space, "augment", "cnn"), values_with(space, "augment", "mobilenet_v2")
+    ([False], [True])
+    """
+    default = Configuration.model_fields[name].default
+    factor = space.get(name)
+    if factor is None or factor.choice is None:
+        return [default]
+    if "backbone" in factor.when and not is_one_of(backbone, factor.condition("backbone")):
+        return [default]  # the factor does not exist for this backbone
+    conditional = any(parent != "backbone" for parent in factor.when)
+    return [*factor.choice, *([default] if conditional else [])]
+
+
+def pretrained_variants(
+    space: Mapping[str, Factor], default_width: float
+) -> list[tuple[BackboneName, float | None]]:
+    """Each pretrained backbone the space can produce, at each width it can have
+    (``alpha``, else ``default_width``; None for a backbone without widths).
+
+    >>> space = {"backbone": Factor(choice=["cnn", "mobilenet_v2", "resnet50"]),
+    ...          "alpha": Factor(choice=[0.35, 1.0], when={"backbone": "mobilenet_v2"})}
+    >>> pretrained_variants(space, 1.0)
+    [('mobilenet_v2', 0.35), ('mobilenet_v2', 1.0), ('resnet50', None)]
+    """
+    found: list[tuple[BackboneName, float | None]] = []
+    for backbone in backbones(space):
+        facts = BACKBONES[backbone]
+        if not facts.pretrained:
+            continue
+        widths: list[float | None] = [None]
+        if facts.widths:
+            given = values_with(space, "alpha", backbone)
+            widths = [float(default_width if w is None else w) for w in given]  # type: ignore[arg-type]
+        found += [(backbone, w) for w in dict.fromkeys(widths)]
+    return found
+
+
+def widest_widths(space: Mapping[str, Factor], default_width: float) -> dict[str, float | None]:
+    """Each pretrained backbone of the space at its widest width (its slowest; None: it
+    has no width), in the sweep's order: what the autotuning times.
+
+    >>> widest_widths({"backbone": Factor(choice=["mobilenet_v2", "resnet50"]),
+    ...                "alpha": Factor(choice=[1.0, 0.35])}, 1.0)
+    {'mobilenet_v2': 1.0, 'resnet50': None}
+    """
+    widest: dict[str, float | None] = {}
+    for backbone, width in pretrained_variants(space, default_width):
+        known = widest.get(backbone)
+        widest[backbone] = width if known is None or width is None else max(width, known)
+    return widest
 
 
 def typed_params(space: Mapping[str, Factor], text: Mapping[str, str]) -> Params:
@@ -178,12 +238,13 @@ def label(params: Mapping[str, Any], seed: int | None = None) -> str:
     """A short name for a configuration, e.g. ``cnn+aug(0.2)+prep s0`` (sampled numbers
     rounded to 2-3 significant digits: the run's params have them in full)."""
     config = configuration(params)
-    parts = [config.backbone]
+    parts = [variant(config.backbone, config.alpha)]
     if config.augment:
         flip = "" if config.flip == Configuration().flip else f",{config.flip}"
         parts.append(f"aug({config.rotation:.3g}{flip})")
-    if config.preprocess != "none":
-        parts.append("prep")
+    preprocess = effective_preprocess(config)
+    if preprocess != "none":
+        parts.append("prep" if preprocess == "mobilenet_v2" else "ownprep")
     if config.pretrained and config.pooling != "max":
         parts.append(f"{config.pooling}pool")
     if config.dropout != Configuration().dropout:
@@ -223,11 +284,30 @@ def blog_name(params: Mapping[str, Any]) -> str | None:
 def _effective(config: Configuration) -> Configuration:
     """The configuration with settings that do nothing (rotation without augmentation) reset."""
     default = Configuration()
-    updates: dict[str, Any] = {}
+    updates: dict[str, Any] = {"preprocess": effective_preprocess(config)}
     if not config.augment:
         updates.update(flip=default.flip, rotation=default.rotation)
     if not config.pretrained:  # no global pooling, nothing to fine-tune
         updates.update(pooling=default.pooling, fine_tune_layers=0)
+    if not BACKBONES[config.backbone].widths:
+        updates.update(alpha=default.alpha)
     if not config.fine_tunes:
         updates.update(fine_tune_epochs=default.fine_tune_epochs)
     return config.model_copy(update=updates)
+
+
+def effective_preprocess(config: Configuration) -> str:
+    """What ``preprocess`` puts in front of the backbone: ``backbone`` is ``mobilenet_v2``
+    for MobileNetV2 (its own is the blog's layer) and ``none`` where the backbone has
+    it built in or has none (the CNN).
+
+    >>> [effective_preprocess(Configuration(backbone=b, preprocess="backbone"))
+    ...  for b in ("cnn", "mobilenet_v2", "efficientnet_b0", "resnet50")]
+    ['none', 'mobilenet_v2', 'none', 'backbone']
+    """
+    if config.preprocess != "backbone":
+        return config.preprocess
+    module = BACKBONES[config.backbone].preprocess_module
+    if not module:
+        return "none"
+    return "mobilenet_v2" if module == "mobilenet_v2" else "backbone"
