@@ -96,7 +96,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
         (["study.trials=3"], "'trials' is for the tpe and random samplers"),
         (
             ["space.backbone.choice=[vgg16]"],
-            "'vgg16' is not allowed (allowed: cnn, mobilenet_v2)",
+            "'vgg16' is not allowed (allowed: cnn, mobilenet_v2, mobilenet_v3_small",
         ),
         (["space.rotation.choice=[2.0]"], "rotation: 2.0 is not allowed (a number >= 0 and <= 1)"),
         (["space.augment.choice=[]"], "space.augment.choice: List should have at least 1 item"),
