@@ -49,7 +49,10 @@ def test_dry_run_says_each_backbones_precision(tmp_path: Path) -> None:
             ["train.epochz=1"],
             "unknown key 'train.epochz'; allowed: epochs, optimizer, learning_rate",
         ),
-        (["space.backbone.choice=[vgg16]"], "'vgg16' is not allowed (allowed: cnn, mobilenet_v2, mobilenet_v3_small"),
+        (
+            ["space.backbone.choice=[vgg16]"],
+            "'vgg16' is not allowed (allowed: cnn, mobilenet_v2, mobilenet_v3_small",
+        ),
         (["data.source=/no/such/folder"], "data.source: '/no/such/folder' is not a directory"),
         (
             ["space.rotation.when={augmnt: true}"],
