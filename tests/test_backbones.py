@@ -23,11 +23,10 @@ from ablation.autotune.precision import timed_shapes
 from ablation.data.images import load_images
 from ablation.errors import UserError
 from ablation.model import features
-from ablation.model.backbones import pretrained_base, weights_fingerprint
+from ablation.model.backbones import pretrained_base, weights_fingerprint, weights_identity
 from ablation.model.builders import build_model, compile_model, inference_copy, unfreeze_top
 from ablation.model.training import train
 from ablation.study.plan import plan
-from ablation.study.runner import _weights_identity
 from ablation.sweep.backbones import BACKBONES
 from ablation.sweep.config import load_sweep
 from ablation.sweep.factors import Configuration
@@ -206,7 +205,7 @@ def test_each_backbone_is_timed_once_at_its_widest_width() -> None:
 
 
 def test_the_weights_identity_of_the_blog_is_as_before_and_covers_every_variant() -> None:
-    blog = _weights_identity(load_sweep(BLOG))
+    blog = weights_identity(load_sweep(BLOG))
     file = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5"
     sha = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
     assert blog == {"weights": "imagenet", "alpha": 1.0, "weights_sha256": sha}
@@ -218,7 +217,7 @@ def test_the_weights_identity_of_the_blog_is_as_before_and_covers_every_variant(
         "data.image_size=[160, 160]",
     )
     small = hashlib.sha256(SMALL_WEIGHTS.read_bytes()).hexdigest()[:16]
-    assert _weights_identity(sweep) == {
+    assert weights_identity(sweep) == {
         "weights.mobilenet_v2_0.35": str(SMALL_WEIGHTS),
         "weights_sha256.mobilenet_v2_0.35": small,
         "weights.mobilenet_v2_1.0": "imagenet",
