@@ -95,9 +95,26 @@ class Backbone:
         return f"alpha {width:g} is not a width of {self.name} (allowed: {allowed})"
 
 
-def _keras(name: str, application: str, module: str, file: str, **facts: object) -> Backbone:
-    built_in = module == ""
-    return Backbone(name, application, module, built_in, imagenet_template=file, **facts)  # type: ignore[arg-type]
+def _keras(
+    name: str,
+    application: str,
+    preprocess_module: str,
+    imagenet_template: str,
+    min_size: int = 32,
+    widths: tuple[float, ...] = (),
+    sized_weights: tuple[int, ...] = (),
+) -> Backbone:
+    """A Keras Applications backbone; no ``preprocess_module``: its preprocessing is built in."""
+    return Backbone(
+        name,
+        application,
+        preprocess_module,
+        built_in_preprocessing=not preprocess_module,
+        min_size=min_size,
+        widths=widths,
+        imagenet_template=imagenet_template,
+        sized_weights=sized_weights,
+    )
 
 
 _TF_KERNELS = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
