@@ -158,7 +158,7 @@ sweep = load_sweep(sys.argv[1], json.loads(sys.argv[2]))
 configuration = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 images = load_images(sweep.data)
 network = build_model(configuration, image_size=(96, 96), num_classes=2, weights=sweep.model)
-key = feature_key(sweep, images, configuration)
+key = feature_key(sweep, images, configuration, 0)
 logging.basicConfig(format="%(message)s")
 logging.getLogger("ablation.model.features").setLevel(logging.INFO)
 print("ready", flush=True)
@@ -275,7 +275,7 @@ def test_a_process_interrupted_or_killed_computing_features_leaves_the_lock_free
 ) -> None:
     sweep = small_sweep(small_data, tmp_path)
     images = load_images(sweep.data)
-    key = feature_key(sweep, images, FROZEN)
+    key = feature_key(sweep, images, FROZEN, 0)
     folder = tmp_path / f"features-{key}"
     lock = folder / "train.npy.lock"
     process = start_getting_features(small_data, tmp_path)
