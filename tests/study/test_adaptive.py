@@ -15,7 +15,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import SMALL_WEIGHTS, copy_images, load_study, run_module
+from conftest import SMALL_WEIGHTS, load_study, run_module
 
 pytestmark = pytest.mark.slow  # real studies of 8 to 12 trials, run several times
 
@@ -31,8 +31,8 @@ space:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_images(tmp_path_factory.mktemp("adaptive") / "data", per_class=20)
+def data(small_data: Path) -> Path:
+    return small_data
 
 
 def write(workdir: Path, data: Path, max_seeds: int = 3) -> Path:
