@@ -166,3 +166,13 @@ def database() -> Iterator[str]:
     """One fresh PostgreSQL database, dropped afterwards."""
     with fresh_databases("test") as (url,):
         yield url
+
+
+def wait_until(condition, timeout: float, every: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every)

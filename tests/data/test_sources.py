@@ -128,6 +128,17 @@ def test_a_urls_password_and_query_go_to_the_server_never_into_a_name(
     assert "alice:***@" in record and "s3cr" not in record and "t0ken" not in record
 
 
+def send_half(handler: Handler) -> bytes:
+    """Answer with the whole archive's length but only its first half; the archive."""
+    data = Path(handler.directory, "data.zip").read_bytes()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data[: len(data) // 2])
+    handler.wfile.flush()
+    return data
+
+
 class Flaky(Handler):
     """While the server's ``cut_off`` is set: says the archive's full length, sends half of
     it, and hangs up."""
@@ -136,12 +147,7 @@ class Flaky(Handler):
         if not self.server.cut_off:  # type: ignore[attr-defined]
             super().do_GET()
             return
-        data = Path(self.directory, "data.zip").read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.wfile.flush()
+        send_half(self)
         self.close_connection = True
 
 
@@ -168,12 +174,7 @@ class Stalling(Handler):
     go_on = threading.Event()
 
     def do_GET(self) -> None:
-        data = Path(self.directory, "data.zip").read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.wfile.flush()
+        data = send_half(self)
         Stalling.sent.set()
         Stalling.go_on.wait(30)
         with contextlib.suppress(OSError):  # the client is gone

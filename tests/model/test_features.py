@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from ablation.model.training import train
 from ablation.sweep.config import Sweep
 from ablation.sweep.factors import Configuration
 from ablation.sweep.sections import Train
-from conftest import REPO, SMALL_WEIGHTS, copy_images, frozen_sweep
+from conftest import REPO, SMALL_WEIGHTS, copy_images, frozen_sweep, wait_until
 
 FROZEN = Configuration(backbone="mobilenet_v2", preprocess="mobilenet_v2")
 
@@ -228,13 +227,6 @@ def held(lock: Path) -> bool:
     return False
 
 
-def wait_until(condition, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 @pytest.mark.slow  # two processes import TensorFlow and build MobileNetV2
 def test_two_processes_that_need_the_same_features_compute_them_once(
     small_data: Path, tmp_path: Path
@@ -281,11 +273,13 @@ def test_a_process_interrupted_or_killed_computing_features_leaves_the_lock_free
     process = start_getting_features(small_data, tmp_path)
     try:
         go(process)
-        wait_until(lambda: held(lock))  # computing the training set's features
+        wait_until(
+            lambda: held(lock), timeout=120.0, every=0.01
+        )  # computing the training set's features
         process.send_signal(signal.SIGINT)  # Ctrl-C: the lock is given back at once
         assert process.stdout is not None
         assert process.stdout.readline() == "interrupted, lock released\n"
-        wait_until(lambda: held(lock))  # computing them again
+        wait_until(lambda: held(lock), timeout=120.0, every=0.01)  # computing them again
         process.kill()  # as the out-of-memory killer would: no clean-up in the process
         process.wait()
     finally:

@@ -28,6 +28,7 @@ from ablation.study.storage import (
 from ablation.sweep import space
 from ablation.sweep.config import Sweep
 from ablation.sweep.stores import sqlite_url
+from conftest import wait_until
 
 STUDY_SEED = 3
 GUIDED = """
@@ -207,13 +208,6 @@ def last_beat(url: str, trial_id: int) -> object:
     return beat
 
 
-def wait_for(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_failing_heartbeat_warns_once_and_beats_on(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
@@ -232,11 +226,11 @@ def test_a_failing_heartbeat_warns_once_and_beats_on(
         return [r for r in caplog.records if r.name == "ablation.study.storage"]
 
     with caplog.at_level(logging.WARNING), heartbeat(storage, trial_id, trial.number):
-        wait_for(lambda: last_beat(url, trial_id) is not None)
+        wait_until(lambda: last_beat(url, trial_id) is not None, timeout=15.0, every=0.1)
         first = last_beat(url, trial_id)
         # The storage fails under the heartbeat: its table is gone, as a real outage.
         execute(url, "ALTER TABLE trial_heartbeats RENAME TO trial_heartbeats_away")
-        wait_for(lambda: len(warnings()) > 0)
+        wait_until(lambda: len(warnings()) > 0, timeout=15.0, every=0.1)
         time.sleep(2.5)  # two or three more beats fail
         (warning,) = warnings()
         assert warning.levelname == "WARNING"
@@ -244,5 +238,7 @@ def test_a_failing_heartbeat_warns_once_and_beats_on(
         assert message.startswith(f"trial {trial.number}: its heartbeat failed (")
         assert "\n" not in message and "trial_heartbeats" in message  # the database's error
         execute(url, "ALTER TABLE trial_heartbeats_away RENAME TO trial_heartbeats")
-        wait_for(lambda: last_beat(url, trial_id) > first)  # the beats went on
+        wait_until(
+            lambda: last_beat(url, trial_id) > first, timeout=15.0, every=0.1
+        )  # the beats went on
     assert len(warnings()) == 1
