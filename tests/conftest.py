@@ -88,7 +88,7 @@ def write_sweep(path: Path, text: str) -> Path:
 
 def frozen_sweep(data: Path, cache_dir: Path, *overrides: str):  # type: ignore[no-untyped-def]
     """``sweeps/blog.yaml`` on ``data`` with the small MobileNetV2 weights (alpha 0.35),
-    every epoch trained (no early stopping); ``overrides`` come last."""
+    every epoch trained (no early stopping), one seed; ``overrides`` come last."""
     from ablation.sweep.config import load_sweep
 
     return load_sweep(
@@ -99,6 +99,7 @@ def frozen_sweep(data: Path, cache_dir: Path, *overrides: str):  # type: ignore[
             f"model.weights={SMALL_WEIGHTS}",
             "model.alpha=0.35",
             "train.patience=null",
+            "study.seeds=[0]",
             *overrides,
         ],
     )

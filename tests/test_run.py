@@ -122,6 +122,8 @@ def test_blog_sweep_quick_run_records_every_configuration(tmp_path: Path) -> Non
         "data.limit_per_class=20",
         "--set",
         "train.epochs=1",
+        "--set",
+        "study.seeds=[0]",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
