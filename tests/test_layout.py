@@ -54,7 +54,7 @@ LAYERS = [
     ["autotune.timings"],
     ["autotune.precision", "autotune.feature_batch"],
     ["tracking.records", "tracking.confusion", "tracking.predictions"],
-    ["tracking.mlflow_objects", "tracking.figures"],
+    ["tracking.mlflow_objects", "tracking.figures", "tracking.system_metrics"],
     ["tracking.tracker"],
     ["effects.estimates"],
     ["effects.sequential"],

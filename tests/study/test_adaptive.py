@@ -15,6 +15,8 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from ablation.study.rounds import study_decisions
+from ablation.sweep.config import load_sweep
 from conftest import SMALL_WEIGHTS, load_study, run_module
 
 pytestmark = pytest.mark.slow  # real studies of 8 to 12 trials, run several times
@@ -127,7 +129,7 @@ def test_a_kill_mid_round_then_a_rerun_decides_the_same(
     assert mine["effects"] == theirs["effects"]
 
 
-def test_two_workers_decide_as_one_and_a_larger_max_continues(
+def test_two_workers_decide_as_one_and_a_changed_rule_continues(
     reference: Path, data: Path, tmp_path: Path
 ) -> None:
     sweep = str(write(tmp_path, data))
@@ -146,3 +148,18 @@ def test_two_workers_decide_as_one_and_a_larger_max_continues(
     after = points(tmp_path)
     assert set(before) <= set(after) and len(after) == len(set(after)) == found["trials"]
     assert set(found["seeds_per_configuration"].values()) <= {2, 3, 4}
+
+    # A changed min_effect is not refused either: every look is replayed under the new
+    # band, and the recorded decisions are exactly that replay on the finished trials.
+    wider = ["--set", "study.min_effect=0.5"]
+    result = run_module("ablation.run", str(tmp_path / "sweep.yaml"), *wider, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = decisions(tmp_path)
+    assert found["rule"]["min_effect"] == 0.5 and found["rule"]["max_seeds"] == 4
+    replayed = study_decisions(
+        load_study(tmp_path, "adaptive"), load_sweep(tmp_path / "sweep.yaml", wider[1:])
+    )
+    assert [(e["factor"], e["state"], e["round"]) for e in found["effects"]] == [
+        (d.effect.factor, d.state, d.round) for d in replayed
+    ]
+    assert set(after) <= set(points(tmp_path)) and len(points(tmp_path)) == found["trials"]

@@ -26,7 +26,7 @@ space:
   augment:  {{choice: [false, true]}}
   rotation: {{choice: [0.1], when: {{augment: true}}}}
   backbone: {{choice: [cnn, mobilenet_v2]}}
-tracking: {{experiment: small-exp}}
+tracking: {{experiment: small-exp, system_metrics: 0.5}}
 """
 # The sweep's grid, written out: rotation only where augment is on.
 GRID = [
@@ -127,6 +127,20 @@ def test_child_runs_hold_params_curves_test_accuracy_and_artifacts(finished_stud
             "model.keras",
             "test_predictions.csv",
         }
+
+
+def test_every_trial_run_carries_mlflow_system_metrics(finished_study) -> None:  # type: ignore[no-untyped-def]
+    workdir, *_ = finished_study
+    client = mlflow_client(workdir)
+    for run in child_runs(client):
+        cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        memory = client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+        # Sampled every half second while the trial trained, and once at its end.
+        assert len(cpu) >= 2 and sorted(m.step for m in cpu) == list(range(len(cpu)))
+        assert all(0.0 <= m.value <= 100.0 for m in cpu) and max(m.value for m in cpu) > 0
+        assert len(memory) == len(cpu) and all(m.value > 0 for m in memory)
+        started, ended = run.info.start_time, run.info.end_time
+        assert all(started <= m.timestamp <= ended for m in cpu)
 
 
 def test_logged_model_reproduces_the_logged_test_accuracy(finished_study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ import pytest
 from ablation.errors import UserError
 from ablation.sweep.config import load_sweep
 from ablation.sweep.factors import Configuration
+from ablation.sweep.sections import SeedRange
 from ablation.sweep.stores import dialect, is_database, storage_problem
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,12 +35,12 @@ def error_of(path: Path, overrides: list[str] | None = None) -> str:
     return message
 
 
-TPE = ["study.sampler=tpe", "study.trials=4"]
+TPE = ["study.sampler=tpe", "study.trials=4", "study.seeds=[0]"]
 
 
 def test_blog_sweep_is_the_blog_setting() -> None:
     sweep = load_sweep(BLOG)
-    assert sweep.study.sampler == "grid" and sweep.study.seeds == [0]
+    assert sweep.study.sampler == "grid" and sweep.study.adaptive == SeedRange(min=2, max=3)
     assert sweep.data.image_size == (160, 160) and sweep.data.batch_size == 32
     assert (sweep.train.optimizer, sweep.train.epochs) == ("adam", 20)
     assert sweep.data.source.endswith("cats_and_dogs_filtered.zip")

@@ -5,7 +5,8 @@ Example:
     >>> sweep = load_sweep("sweeps/blog.yaml", ["train.precision=float32"])
     >>> lines = plan(sweep)
     >>> print(lines[0])
-    study 'blog': grid of 12 configuration(s) x 1 seed(s) = 12 trial(s), 20 epoch(s) each ...
+    study 'blog': grid of 12 configuration(s) x 2 to 3 seeds = 24 to 36 trial(s), until each
+    effect is decided within 1 point(s) (adaptive seeds), 20 epoch(s) each at most ...
     >>> print(next(line for line in lines if "model3" in line))
       cnn+aug(0.2)+prep    backbone=cnn augment=True rotation=0.2
       flip=horizontal_and_vertical preprocess=mobilenet_v2  [model3]

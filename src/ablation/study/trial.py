@@ -29,6 +29,7 @@ from ablation.tracking.confusion import class_accuracies, confusion_counts
 from ablation.tracking.figures import accuracy_curves, confusion_matrix
 from ablation.tracking.predictions import collapse_reason, predictions_csv
 from ablation.tracking.records import MetricName, TagName, TrialState, class_metric
+from ablation.tracking.system_metrics import system_metrics
 from ablation.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
@@ -136,13 +137,14 @@ def run_trial(
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
 
     try:
-        result = train(
-            configuration(spec.params),
-            seed=spec.seed,
-            sweep=spec.sweep,
-            images=images,
-            on_epoch=record_epoch,
-        )
+        with system_metrics(tracker.uri, spec.run_id, spec.sweep.tracking.system_metrics):
+            result = train(
+                configuration(spec.params),
+                seed=spec.seed,
+                sweep=spec.sweep,
+                images=images,
+                on_epoch=record_epoch,
+            )
     except optuna.TrialPruned:
         tracker.prune_trial(spec.run_id, epochs_run)
         seconds = time.perf_counter() - started

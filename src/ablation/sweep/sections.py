@@ -150,7 +150,7 @@ class Study(Section):
         if isinstance(self.seeds, SeedRange) and self.sampler != "grid":
             raise ValueError(
                 "'seeds: {min, max}' (adaptive seeds) is for the grid sampler; "
-                f"{self.sampler} takes a list of seeds"
+                f"{self.sampler} takes a list of seeds, e.g. 'seeds: [0]'"
             )
         if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
             raise ValueError("'seeds' lists a seed twice")
@@ -303,6 +303,11 @@ class Tracking(Section):
         None, description=f"MLflow tracking URI; default ${TRACKING_URI_ENV}, else under mlruns/"
     )
     experiment: str | None = None
+    system_metrics: PositiveFloat | None = Field(
+        10.0,
+        description="seconds between samples of MLflow's system metrics on each trial's run; "
+        "null: none",
+    )
 
     def tracking_uri(self) -> str:
         default = sqlite_url((DEFAULT_OUTPUT_DIR / "mlflow.db").resolve())
