@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
     from ablation.autotune.gpus import visible_gpus
+    from ablation.cli import configure_logging
+
+    configure_logging(debug=False)  # warnings only, as the command line prints them
 
     found = visible_gpus()
     if not found:
