@@ -51,6 +51,7 @@ LAYERS = [
     ["model.features"],
     ["model.training"],
     ["autotune.cores"],
+    ["autotune.gpus"],
     ["autotune.timings"],
     ["autotune.precision", "autotune.feature_batch"],
     ["tracking.records", "tracking.confusion", "tracking.predictions"],

@@ -7,6 +7,7 @@ Usage::
         --set data.limit_per_class=20 --set train.epochs=1
     python -m ablation.run sweeps/blog.yaml --dry-run
     python -m ablation.run sweeps/blog.yaml --workers 2            # two trials side by side
+    python -m ablation.run sweeps/blog.yaml --workers 4 --gpus 0,1   # two on each GPU
     python -m ablation.run sweeps/blog.yaml --storage postgresql://db/optuna \
         --tracking-uri http://db:5000                                # one of several machines
 
@@ -30,6 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ablation.autotune.gpus import plan_gpus
 from ablation.cli import configure_logging, stop_on_signals, sweep_parser, user_error
 from ablation.errors import UserError
 from ablation.redaction import redact
@@ -168,6 +170,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "pipeline's (default: the cores this process may use, divided by --workers)",
     )
     parser.add_argument(
+        "--gpus",
+        metavar="LIST",
+        help="the GPUs the workers share, as nvidia-smi -L numbers them (e.g. 0,2; worker w "
+        "on the (w mod G)-th), or none: the CPU only (default: every GPU found, limited by "
+        "$CUDA_VISIBLE_DEVICES); each trial's run records its GPU in the ablation.gpu tag",
+    )
+    parser.add_argument(
         "--storage",
         metavar="URL",
         help="Optuna storage: a database URL or a journal file (= study.storage; default "
@@ -194,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--workers {args.workers}: needs a whole number of at least 1")
         if args.threads is not None and args.threads < 1:
             raise UserError(f"--threads {args.threads}: needs a whole number of at least 1")
+        gpus = plan_gpus(args.gpus)
+        gpu_line = gpus.describe(args.workers)
         overrides = list(args.overrides)
         if args.storage:
             overrides.append(f"study.storage={args.storage}")
@@ -201,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"tracking.uri={args.tracking_uri}")
         sweep: Sweep = load_sweep(args.sweep, overrides)
         if args.dry_run:
-            for line in plan(sweep):
+            for line in [*plan(sweep), *([gpu_line] if gpu_line else [])]:
                 console.print(line, highlight=False, markup=False)
             return 0
-        for line in [*plan(sweep)[:2], stores(sweep)]:
+        for line in [*plan(sweep)[:2], stores(sweep), *([gpu_line] if gpu_line else [])]:
             console.print(line, highlight=False, markup=False)
         reporter = ConsoleReporter(console, live=args.workers == 1)
         try:
@@ -214,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 threads=args.threads,
                 new_study=args.new_study,
+                gpus=gpus,
             )
         finally:
             reporter.close()

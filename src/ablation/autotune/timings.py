@@ -10,6 +10,11 @@ A cache file is ``{"format": 1, "machines": {key: {"machine": identity, "shapes"
 {shape key: entry}}}}``; :func:`read_machines` drops entries a caller's check
 rejects (they are timed again), and :func:`add_shapes` adds entries atomically.
 
+A timing runs in a spawned process (:func:`in_spawned_process`) that computes as a
+trial does: with a trial's threads and, where there are GPUs, on the GPU this process
+leaves visible (a study's: its worker 0's, :mod:`ablation.autotune.gpus`), with memory
+growth; the machine's identity names those GPUs.
+
 Example:
     >>> identity = machine_identity(threads=2)
     >>> identity["cores"], len(machine_key(identity))
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from ablation.autotune.cores import available_cores, use_threads
+from ablation.autotune.gpus import ALLOW_GROWTH, visible_gpus
 from ablation.errors import first_line
 from ablation.files import locked, write_atomically
 from ablation.sweep.config import Sweep
@@ -84,23 +90,32 @@ def _version(package: str) -> str:
 
 
 def _gpu_names() -> list[str]:
-    """The NVIDIA driver's GPU models (Linux), and which of them CUDA may use if that is set."""
-    names = []
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-        with contextlib.suppress(OSError):
-            lines = info.read_text().splitlines()
-            names += [line.partition(":")[2].strip() for line in lines if line.startswith("Model:")]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return [*names, f"CUDA_VISIBLE_DEVICES={visible}"] if names and visible is not None else names
+    """The models of the NVIDIA GPUs a process started from this one computes on: those
+    its ``CUDA_VISIBLE_DEVICES`` leaves (all when unset), as ``nvidia-smi -L`` names them
+    (else the driver: :func:`ablation.autotune.gpus.installed_gpus`)."""
+    return [gpu.name for gpu in visible_gpus()]
 
 
 def in_spawned_process(function: Callable[..., Any], *args: Any, threads: int | None) -> Any:
     """``function(*args)`` in a fresh spawned process (a timing undisturbed by this process's
-    TensorFlow state), with a trial's ``threads`` (default: TensorFlow's own)."""
+    TensorFlow state), with a trial's ``threads`` (default: TensorFlow's own) and, where
+    it sees a GPU, memory growth (it inherits this process's ``CUDA_VISIBLE_DEVICES``)."""
     context = multiprocessing.get_context("spawn")
-    limit: dict[str, Any] = {"initializer": use_threads, "initargs": (threads,)} if threads else {}
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, **limit) as pool:
+    environment = {ALLOW_GROWTH: "true"} if visible_gpus() else {}
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=context,
+        initializer=_start_timing,
+        initargs=(environment, threads),
+    ) as pool:
         return pool.submit(function, *args).result()
+
+
+def _start_timing(environment: dict[str, str], threads: int | None) -> None:
+    """A timing process's first code: its environment, then its threads (TensorFlow's)."""
+    os.environ.update(environment)
+    if threads:
+        use_threads(threads)
 
 
 def read_machines(path: Path, valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:

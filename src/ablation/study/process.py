@@ -14,6 +14,14 @@ Epochs and the outcome come back through a pipe. If the process dies the trial i
 recorded as failed with the reason; if the study's process dies, the trial's
 process notices and ends too.
 
+On a machine with GPUs each worker's processes compute on its GPU
+(:mod:`ablation.autotune.gpus`: a :class:`~ablation.autotune.gpus.Placement` per
+worker): they start with its ``CUDA_VISIBLE_DEVICES`` and memory growth, set before
+TensorFlow is imported, and a spare process there only imports TensorFlow before its
+trial comes (an op would initialise the GPU while the trial before it trains there).
+The trial's run records its GPU in the ``ablation.gpu`` tag (its nvidia-smi index, or
+``none``), as it records its threads in ``ablation.threads``.
+
 Example::
 
     spares = SpareProcesses(sweep, threads=2)     # the first process starts now
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ablation.autotune.cores import threads_in_use, use_threads
+from ablation.autotune.gpus import NO_GPU, Placement, spawn
 from ablation.data.images import read_images
 from ablation.model.training import EpochHook
 from ablation.redaction import redact_output
@@ -45,15 +54,15 @@ _OPEN_STORES = "open-stores"  # the study's message: its stores are set up
 
 
 class TrialProcess:
-    """A spawned process that gets ready for one trial of ``sweep``, then runs it."""
+    """A spawned process that gets ready for one trial of ``sweep``, then runs it, with
+    ``threads`` threads where ``placement`` says (default: no GPU of its own, nothing set)."""
 
-    def __init__(self, sweep: Sweep, threads: int) -> None:
+    def __init__(self, sweep: Sweep, threads: int, placement: Placement | None = None) -> None:
+        placement = placement or Placement()
         context = multiprocessing.get_context("spawn")
         self._connection, child_end = context.Pipe(duplex=True)
-        self.process = context.Process(
-            target=_child_main, args=(sweep, threads, child_end, os.getpid()), daemon=True
-        )
-        self.process.start()
+        args = (sweep, threads, placement.gpu, child_end, os.getpid())
+        self.process = spawn(context, _child_main, args, placement.environment)
         child_end.close()
 
     def open_stores(self) -> None:
@@ -129,11 +138,13 @@ class TrialProcess:
 class SpareProcesses:
     """One worker's supply of trial processes: one is always starting or ready."""
 
-    def __init__(self, sweep: Sweep, threads: int) -> None:
+    def __init__(self, sweep: Sweep, threads: int, placement: Placement | None = None) -> None:
         self._sweep = sweep
         self.threads = threads
+        self.placement = placement or Placement()
         self._stores_ready = False
-        self._spare: TrialProcess | None = TrialProcess(sweep, threads)  # ready while we set up
+        # the first process gets ready while the study sets up
+        self._spare: TrialProcess | None = TrialProcess(sweep, threads, self.placement)
 
     def stores_ready(self) -> None:
         """The study's stores exist: processes may open them from now on."""
@@ -142,7 +153,7 @@ class SpareProcesses:
             self._spare.open_stores()
 
     def _start(self) -> TrialProcess:
-        process = TrialProcess(self._sweep, self.threads)
+        process = TrialProcess(self._sweep, self.threads, self.placement)
         if self._stores_ready:
             process.open_stores()
         return process
@@ -163,8 +174,9 @@ class SpareProcesses:
             self._spare = None
 
 
-def _child_main(sweep: Sweep, threads: int, connection: Any, parent_pid: int) -> None:
-    """Entry point of a trial's process: get ready, wait for the trial, run it."""
+def _child_main(sweep: Sweep, threads: int, gpu: str, connection: Any, parent_pid: int) -> None:
+    """Entry point of a trial's process: get ready, wait for the trial, run it (on ``gpu``,
+    a GPU's tag; its environment is set already: :func:`ablation.autotune.gpus.spawn`)."""
 
     # Ctrl-C and a closed terminal are the parent's to handle: it stops this process
     # and records the trial.
@@ -173,7 +185,7 @@ def _child_main(sweep: Sweep, threads: int, connection: Any, parent_pid: int) ->
     redact_output()
     _exit_with_parent(parent_pid)
     use_threads(threads)
-    _warm_up()
+    _warm_up(run_an_op=gpu == NO_GPU)
     try:
         if connection.recv() != _OPEN_STORES:
             return
@@ -190,6 +202,7 @@ def _child_main(sweep: Sweep, threads: int, connection: Any, parent_pid: int) ->
             os._exit(1)
 
     stores.tracker.tag_threads(spec.run_id, threads_in_use())
+    stores.tracker.tag_gpu(spec.run_id, gpu)
     stores.optuna.trial(spec.trial_id).set_user_attr("pid", os.getpid())
     outcome = run_trial(
         spec, images, lambda epoch, metrics: send(("epoch", (epoch, metrics))), stores
@@ -202,12 +215,15 @@ def _child_main(sweep: Sweep, threads: int, connection: Any, parent_pid: int) ->
     os._exit(0)
 
 
-def _warm_up() -> None:
-    """Import what a trial needs and start TensorFlow's runtime, before the trial comes."""
+def _warm_up(*, run_an_op: bool) -> None:
+    """Import what a trial needs and, if ``run_an_op``, start TensorFlow's runtime, before
+    the trial comes. Not on a GPU: the first op would initialise the process's GPU (a
+    CUDA context, memory) while the trial before it still trains there."""
     import mlflow.keras  # noqa: F401  (imported on first use otherwise: inside the trial's time)
     import tensorflow as tf
 
-    tf.constant(0.0) + 1.0
+    if run_an_op:
+        tf.constant(0.0) + 1.0
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -6,6 +6,11 @@ so a re-run of the same sweep only runs what is not finished yet (and re-runs
 what failed); grid points are never duplicated. With ``tpe`` or ``random``,
 the study runs until it holds ``study.trials`` finished trials.
 
+On a machine with GPUs the workers share them (:mod:`ablation.autotune.gpus`): this
+process takes worker 0's GPU environment (memory growth, ``CUDA_VISIBLE_DEVICES``) for
+the time of the study, before it decodes, times or trains anything, and each worker's
+trial processes start with their own.
+
 The objective is validation accuracy; test accuracy is recorded for every trial
 and never used for selection.
 
@@ -32,6 +37,7 @@ import yaml
 
 from ablation.autotune import feature_batch
 from ablation.autotune.cores import share_of_cores
+from ablation.autotune.gpus import GpuPlan, applied, plan_gpus
 from ablation.autotune.precision import resolve_auto
 from ablation.autotune.timings import machine_key
 from ablation.data.images import Images, load_images, write_images
@@ -103,6 +109,7 @@ def run_sweep(
     workers: int = 1,
     threads: int | None = None,
     new_study: bool = False,
+    gpus: GpuPlan | str | None = None,
 ) -> StudySummary:
     """Run (or continue) the sweep's study and record every trial in MLflow.
 
@@ -113,25 +120,30 @@ def run_sweep(
             (:mod:`ablation.autotune.cores`).
         new_study: Run under :func:`ablation.study.fingerprint.new_study_name` (the
             summary's ``study_name``), not ``study.name``.
+        gpus: The GPUs the workers share: a plan, ``--gpus``'s text (``"0,2"``, ``"none"``)
+            or None, every GPU found (:func:`ablation.autotune.gpus.plan_gpus`).
 
     Raises:
-        UserError: Bad data, weights, storage or tracking URI, or a study of this name
+        UserError: Bad data, weights, storage or tracking URI, ``gpus``, or a study of this name
             recorded with other settings (:mod:`ablation.study.fingerprint`); found before
             any training.
         KeyboardInterrupt: After recording the interrupted trial as failed.
     """
     if workers > 1 and sweep.study.isolation != "process":
         raise UserError("--workers above 1 needs study.isolation: process")
+    plan = gpus if isinstance(gpus, GpuPlan) else plan_gpus(gpus)
     spares: list[SpareProcesses] = []  # each worker's next trial process
     try:
-        return _run_sweep(
-            sweep,
-            reporter or SilentReporter(),
-            workers,
-            share_of_cores(workers, threads=threads),
-            spares,
-            new_study=new_study,
-        )
+        with applied(plan.environment(0)):  # before anything here touches TensorFlow
+            return _run_sweep(
+                sweep,
+                reporter or SilentReporter(),
+                workers,
+                share_of_cores(workers, threads=threads),
+                spares,
+                new_study=new_study,
+                gpus=plan,
+            )
     finally:
         for spare in spares:
             spare.close()
@@ -145,6 +157,7 @@ def _run_sweep(
     spares: list[SpareProcesses],
     *,
     new_study: bool,
+    gpus: GpuPlan,
 ) -> StudySummary:
     images = load_images(sweep.data)
     if space.uses_pretrained(sweep.space):
@@ -164,7 +177,7 @@ def _run_sweep(
     sweep, precision = resolve_auto(sweep, threads=threads)
     sweep, batches = feature_batch.resolve_auto(sweep, threads=threads)
     if sweep.study.isolation == "process":  # each worker's first trial process gets ready now
-        spares += [SpareProcesses(sweep, threads) for _ in range(workers)]
+        spares += [SpareProcesses(sweep, threads, gpus.placement(w)) for w in range(workers)]
     parent_id, planned, to_run = _start_study(
         study, tracker, sweep, sweep_yaml(written), {**identity, **weights}, settings
     )
@@ -184,6 +197,7 @@ def _run_sweep(
         reporter=reporter,
         total=to_run,
         spares=spares,
+        gpu=gpus.tag(0),
     )
     interrupted = True
     try:

@@ -3,7 +3,9 @@
 Each worker loop asks Optuna for the next trial, opens its MLflow run, trains it
 (in its own process, started while the previous trial trained,
 :mod:`ablation.study.process`; or in this one) and tells Optuna how it ended.
-Each worker's processes compute with ``threads`` threads (:mod:`ablation.autotune.cores`).
+Each worker's processes compute with ``threads`` threads (:mod:`ablation.autotune.cores`)
+on its GPU, if the machine has any (:mod:`ablation.autotune.gpus`: worker ``w`` on the
+``w % G``-th; a trial in this process on worker 0's, which this process was given).
 Ctrl-C (or another worker's failure) stops every worker; the running trials are
 recorded as KILLED and run again on the next invocation.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ablation.autotune.gpus import NO_GPU
 from ablation.data.images import Images
 from ablation.model.features import plan_features
 from ablation.study.process import SpareProcesses
@@ -106,6 +109,7 @@ class Context:
     reporter: Reporter
     total: int  # trials this invocation means to run
     spares: list[SpareProcesses] = field(default_factory=list)  # per worker, when isolated
+    gpu: str = NO_GPU  # this process's GPU (worker 0's), for trials run in it: its tag
     started: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -262,6 +266,7 @@ def _train_trial(spec: TrialSpec, context: Context, spares: SpareProcesses | Non
             more_to_come = context.started < context.total
         process = spares.take(more_to_come=more_to_come)
         return process.run(spec, context.images_folder, on_epoch, context.stop)
+    context.records.tracker.tag_gpu(spec.run_id, context.gpu)
     return run_trial(spec, context.images, on_epoch)
 
 

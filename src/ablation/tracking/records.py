@@ -104,6 +104,7 @@ class TagName:
     THREADS = (
         "ablation.threads"  # the trial process's TensorFlow intra-/inter-op and tf.data threads
     )
+    GPU = "ablation.gpu"  # the GPU the trial computed on: nvidia-smi's index, or "none"
     COLLAPSED = "ablation.collapsed"  # "true" or "false" (:mod:`ablation.tracking.predictions`)
     COLLAPSE_REASON = "ablation.collapse_reason"  # why, where COLLAPSED is "true"
     # On the study's run: what decides its results (:mod:`ablation.study.fingerprint`).

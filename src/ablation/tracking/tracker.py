@@ -287,6 +287,10 @@ class Tracker:
         """The threads the trial's process computed with (TagName.THREADS, as JSON)."""
         self.client.set_tag(run_id, TagName.THREADS, json.dumps(dict(threads), sort_keys=True))
 
+    def tag_gpu(self, run_id: str, gpu: str) -> None:
+        """The GPU the trial computed on (TagName.GPU: nvidia-smi's index, or none)."""
+        self.client.set_tag(run_id, TagName.GPU, gpu)
+
     def prune_trial(self, run_id: str, epochs_run: int) -> None:
         """End a trial's run that the pruner stopped after ``epochs_run`` epochs."""
         self._log_metrics(run_id, {MetricName.EPOCHS_RUN: epochs_run}, step=0)
