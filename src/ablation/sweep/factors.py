@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -32,8 +32,13 @@ Scalar = bool | int | float | str
 Params = dict[str, Scalar]
 """The values a trial takes for the factors of the space (factors not active are absent)."""
 # Spelled once, in ablation.sweep.backbones: its table's names, as a Literal for pydantic.
-BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
-Width = Literal[WIDTHS]  # type: ignore[valid-type]
+# A type checker cannot read a Literal built at run time: for it they are what they hold.
+if TYPE_CHECKING:
+    BackboneName = str
+    Width = float
+else:
+    BackboneName = Literal[tuple(BACKBONES)]
+    Width = Literal[WIDTHS]
 
 
 class Configuration(BaseModel):
