@@ -53,7 +53,7 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):  # -> tf.data.D
     return _batches(tf.data.Dataset.range(len(y)), x, y, batch_size)
 
 
-def _batches(indices, x: np.ndarray, y: np.ndarray, batch_size: int):  # type: ignore[no-untyped-def]
+def _batches(indices, x: np.ndarray, y: np.ndarray, batch_size: int):
     """Batches of ``indices``, each gathered from ``x`` and ``y``; ``x`` as float32."""
     import tensorflow as tf
 
@@ -62,7 +62,7 @@ def _batches(indices, x: np.ndarray, y: np.ndarray, batch_size: int):  # type: i
     def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x[index], y[index]
 
-    def load(index):  # type: ignore[no-untyped-def]
+    def load(index):
         dtypes = [tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)]
         images, labels = tf.numpy_function(gather, [index], dtypes, stateful=False)
         images.set_shape((None, *x.shape[1:]))
@@ -88,7 +88,7 @@ def _options():  # -> tf.data.Options
     return options
 
 
-def _to_float(x, y):  # type: ignore[no-untyped-def]
+def _to_float(x, y):
     import tensorflow as tf
 
     return tf.cast(x, tf.float32), y

@@ -56,7 +56,7 @@ def param_importances(sweep: Sweep, records: Sequence[TrialRecord]) -> list[Impo
     return importances
 
 
-def _rebuilt_study(sweep: Sweep, records: Sequence[TrialRecord]):  # type: ignore[no-untyped-def]
+def _rebuilt_study(sweep: Sweep, records: Sequence[TrialRecord]):
     """An in-memory Optuna study holding ``records`` as its complete trials."""
     import optuna
 

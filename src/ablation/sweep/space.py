@@ -200,7 +200,7 @@ def pretrained_variants(
         widths: list[float | None] = [None]
         if facts.widths:
             given = values_with(space, "alpha", backbone)
-            widths = [float(default_width if w is None else w) for w in given]  # type: ignore[arg-type]
+            widths = [float(default_width if w is None else w) for w in given]
         found += [(backbone, w) for w in dict.fromkeys(widths)]
     return found
 
