@@ -190,9 +190,9 @@ def find_layout(folder: Path, source: str) -> tuple[Path, str]:
     for inner in _folders(folder):  # an extracted archive's top folder
         if (inner / "train").is_dir() and (inner / "validation").is_dir():
             return find_layout(inner, source)
-    inner = _folders(folder)
-    if len(inner) == 1 and _folders(inner[0]):  # an archive's single top folder
-        return inner[0], "classes"
+    tops = _folders(folder)
+    if len(tops) == 1 and _folders(tops[0]):  # an archive's single top folder
+        return tops[0], "classes"
     return folder, "classes"
 
 

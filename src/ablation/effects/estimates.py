@@ -159,8 +159,9 @@ def _pairs(
     differences = np.full((len(seeds), len(contexts)), np.nan)
     collapsed = np.zeros(differences.shape, dtype=int)
     images, unrecorded = None, False
-    for (s, seed), (c, context) in itertools.product(enumerate(seeds), enumerate(contexts)):
-        control, treated = cells.get((context, seed, False)), cells.get((context, seed, True))
+    for (s, seed), (c, context_key) in itertools.product(enumerate(seeds), enumerate(contexts)):
+        control = cells.get((context_key, seed, False))
+        treated = cells.get((context_key, seed, True))
         if not control or not treated:
             continue
         (control_accuracy, control_correct), (treated_accuracy, treated_correct) = map(

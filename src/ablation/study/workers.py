@@ -120,10 +120,10 @@ def work(study: optuna.Study, context: Context, summary: StudySummary, worker: i
     spares = context.spares[worker] if context.spares else None
     try:
         while not context.stop.is_set():
-            trial = _next_trial(study, context)
-            if trial is None:
+            next_trial = _next_trial(study, context)
+            if next_trial is None:
                 return
-            index, trial = trial
+            index, trial = next_trial
             outcome = _run_trial(study, trial, context, index, spares)
             with context.lock:
                 summary.outcomes.append(outcome)
