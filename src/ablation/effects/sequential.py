@@ -37,7 +37,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -171,11 +171,11 @@ def next_seed_configurations(
 ) -> list[Params]:
     """The configurations that enter an undecided effect: at its level or its baseline."""
 
-    def enters(params: Mapping[str, object], decision: Decision) -> bool:
+    def enters(params: Params, decision: Decision) -> bool:
         effect = decision.effect
-        value = params.get(effect.factor)
-        return effect.factor in params and (
-            same_value(value, effect.level) or same_value(value, effect.baseline)
-        )
+        if effect.factor not in params:
+            return False
+        value = params[effect.factor]
+        return same_value(value, effect.level) or same_value(value, effect.baseline)
 
     return [p for p in configurations if any(enters(p, d) for d in undecided if not d.decided)]

@@ -224,7 +224,9 @@ def epoch_training(
     import tensorflow as tf
 
     augment, extract = feature_steps(network)
-    shape = tuple(network.backbone.output.shape[1:])  # type: ignore[union-attr]
+    backbone, head = network.backbone, network.head
+    assert backbone is not None and head is not None  # else feature_steps raised
+    shape = tuple(backbone.output.shape[1:])
     features = tf.Variable(tf.zeros((len(y), *shape)), trainable=False)  # by image index
     orders = epoch_orders(len(y), batch_size, seed)
 
@@ -245,7 +247,7 @@ def epoch_training(
     indices = keras.Input(shape=(), name="image_index")
     looked_up = EpochFeatures(dtype="float32", name="epoch_features")(indices)
     with in_policy(network.model.dtype_policy.name):  # compiled as the model it trains for
-        model = keras.Model(indices, network.head(looked_up), name="head_on_epoch_features")
+        model = keras.Model(indices, head(looked_up), name="head_on_epoch_features")
     dataset = train_dataset(np.arange(len(y)), y, batch_size, seed)
     return EpochTraining(model, dataset, ComputeEpochFeatures())
 

@@ -109,6 +109,7 @@ def configuration_table(records: Sequence[TrialRecord]) -> list[ConfigurationRow
     """One row per configuration over its COMPLETE trials, best validation accuracy first."""
     rows: dict[Key, ConfigurationRow] = {}
     for record in _complete(records):
+        assert record.test_accuracy is not None  # _complete keeps only trials with one
         row = rows.setdefault(
             _key(record), ConfigurationRow(dict(record.params), [], [], [], [], [], [])
         )

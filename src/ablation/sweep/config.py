@@ -64,13 +64,14 @@ class Sweep(Section):
                         f"{name}.when names {other!r}, which is not in the space; "
                         f"allowed: {', '.join(n for n in space if n != name)}"
                     )
-                if space[other].choice is None:
+                choices = space[other].choice
+                if choices is None:
                     raise ValueError(f"{name}.when names {other!r}, a range; 'when' needs choices")
                 for value in factor.condition(other):
-                    if not is_one_of(value, space[other].choice):
+                    if not is_one_of(value, choices):
                         raise ValueError(
                             f"{name}.when: {other}={value!r} is not one of {other}'s choices "
-                            f"{space[other].choice}"
+                            f"{choices}"
                         )
         return space
 

@@ -107,7 +107,9 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Factor]) -> Params:
         if not is_active(factor, params):
             continue
         if factor.choice is not None:
-            params[name] = trial.suggest_categorical(name, factor.choice)
+            value = trial.suggest_categorical(name, factor.choice)
+            assert value is not None  # one of factor.choice, which holds no None
+            params[name] = value
         elif is_integer_factor(name):
             low, high = int(factor.low or 0), int(factor.high or 0)
             params[name] = trial.suggest_int(name, low, high, log=factor.log)

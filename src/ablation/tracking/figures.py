@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from ablation.data.images import Images
 from ablation.model.builders import augmentation
 from ablation.sweep.config import Sweep
-from ablation.sweep.factors import Configuration
+from ablation.sweep.factors import Configuration, Scalar
 
 DATA_FIGURES = ("data_examples.png", "augmentation_examples.png")  # drawn at run time
 MAX_CLASSES_SHOWN = 10  # classes in the data picture; more make it unreadable
@@ -109,9 +109,11 @@ def _widest_augmentation(sweep: Sweep) -> Configuration:
     """The sweep's augmentation at its largest rotation and first flip."""
     default = Configuration()
     rotations = sweep.space.get("rotation")
-    rotation = default.rotation
-    if rotations is not None:
-        rotation = rotations.high if rotations.is_range else max(rotations.choice or [rotation])
+    rotation: Scalar = default.rotation
+    if rotations is not None and rotations.choice is not None:
+        rotation = max(rotations.choice)
+    elif rotations is not None and rotations.high is not None:  # a range: both ends are set
+        rotation = rotations.high
     flips = sweep.space.get("flip")
     flip = flips.choice[0] if flips is not None and flips.choice else default.flip
     return Configuration(augment=True, rotation=float(rotation), flip=str(flip))
