@@ -220,7 +220,7 @@ def load_images(config: Data) -> Images:
     folders = _decode_folders(config, listing, into=None)
     labels = {folder: decoded.y for folder, decoded in folders.items()}
     splits = _split(config, listing, labels)
-    arrays = {}
+    arrays: dict[str, Any] = {}  # Images' x_/y_ fields by name
     for split, (folder, index) in splits.items():
         x, y = folders[folder].x, folders[folder].y
         whole = np.array_equal(index, np.arange(len(y)))  # the whole folder: no copy
@@ -247,13 +247,14 @@ def _decode_to_folder(config: Data, listing: Listing, fingerprint: str, path: Pa
             np.save(partial / f"y_{split}.npy", labels[folder][index])
         for folder in folders:
             _decoded_file(partial, folder).unlink()
+        no_arrays: dict[str, Any] = {name: np.empty(0) for name in _ARRAYS}  # the meta only
         meta = Images(
             class_names=listing.class_names,
             fingerprint=fingerprint,
             source=redact(config.source),  # kept in the cache folder: never a password
             layout=listing.layout,
             test_paths=_test_paths(folders, splits),
-            **{name: np.empty(0) for name in _ARRAYS},
+            **no_arrays,
         )
         _write_meta(partial, meta)
 
@@ -296,7 +297,7 @@ def _decode_folders(config: Data, listing: Listing, into: Path | None) -> dict[s
         else:
             x, failed = _decode_file(paths, config.image_size, _decoded_file(into, folder))
         bad += [paths[i] for i in failed]
-        kept = [p.relative_to(listing.root).as_posix() for p in np.delete(paths, failed)]
+        kept = [p.relative_to(listing.root).as_posix() for p in np.delete(np.array(paths), failed)]
         arrays[folder] = Decoded(x, np.delete(labels, failed), kept)
     if bad:
         names = ", ".join(str(p.relative_to(listing.root)) for p in bad[:10])

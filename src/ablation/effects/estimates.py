@@ -138,8 +138,8 @@ def _mean_of(points: list[list[Outcome]]) -> tuple[float, np.ndarray | None]:
     accuracy = statistics.fmean(statistics.fmean(o.test_accuracy for o in p) for p in points)
     if any(o.correct is None for p in points for o in p):
         return accuracy, None
-    per_point = [sum(np.asarray(o.correct, float) for o in p) / len(p) for p in points]
-    return accuracy, sum(per_point) / len(per_point)
+    per_point = [np.mean([np.asarray(o.correct, float) for o in p], axis=0) for p in points]
+    return accuracy, np.mean(per_point, axis=0)
 
 
 def _pairs(
@@ -234,7 +234,7 @@ def _statistics(pairs: _Pairs | None, settings: _Settings, columns: slice) -> di
         summed = np.where(present[..., None], pairs.images[:, columns], 0.0).sum(axis=1)
         z = (summed[with_pairs] / present.sum(axis=1)[with_pairs, None]).mean(axis=0)
     test_interval, image_variance = _bootstrap(z, settings) if z is not None else (None, 0.0)
-    found = {
+    found: dict[str, Any] = {
         "per_seed": dict(zip(pairs.seeds[with_pairs].tolist(), per_seed.tolist(), strict=True)),
         "collapsed": int(pairs.collapsed[:, columns].sum()),
         "estimate": float(np.mean(per_seed)),

@@ -263,7 +263,7 @@ def unfreeze_top(network: Network, count: int) -> list[str]:
     return unfrozen
 
 
-def _freeze_nested(layer: Any, kept: tuple[type, ...]) -> None:
+def _freeze_nested(layer: Any, kept: tuple[type[Any], ...]) -> None:
     """Freeze the ``kept`` layers inside a block (a nested model, e.g. ConvNeXt's stem)."""
     for inner in getattr(layer, "layers", []):
         if isinstance(inner, kept):

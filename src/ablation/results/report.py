@@ -101,7 +101,8 @@ def build_report(sweep: Sweep) -> Report:
     confusion, missing_confusion = best_confusion(tracker, configurations, records)
     pictures, missing_pictures = data_pictures(tracker, parent_run_id)
     min_effect = sweep.study.min_effect
-    found, made = effects(outcomes, levels, dependents, min_effect=min_effect), []
+    found = effects(outcomes, levels, dependents, min_effect=min_effect)
+    made: list[Decision] = []
     rule = seed_rule(sweep)
     if rule is not None:
         found, made = decided_effects(found, outcomes, levels, dependents, rule)

@@ -205,7 +205,7 @@ def importance_frame(importances: Sequence[Importance]) -> pd.DataFrame:
 
     rows = []
     for importance in importances:
-        values = importance.values or {"—": None}
+        values: Mapping[str, float | None] = importance.values or {"—": None}
         for name, value in values.items():
             rows.append(
                 {
