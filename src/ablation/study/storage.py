@@ -165,7 +165,7 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, number: int) 
         warned = False
         while not stop.is_set():
             try:
-                storage.record_heartbeat(trial_id)
+                storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]  # BaseHeartbeat's
             except Exception as exc:  # any database error: the next beat may land
                 if not warned:
                     warned = True
