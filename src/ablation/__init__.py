@@ -24,6 +24,10 @@ import os
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) says nothing a user can act on.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from ablation.chatter import quiet_tensorflow_import  # noqa: E402
+
+quiet_tensorflow_import()  # the lines TF_CPP_MIN_LOG_LEVEL does not hold back
+
 from ablation.errors import UserError  # noqa: E402
 from ablation.study.runner import StudySummary, run_sweep  # noqa: E402
 from ablation.study.trial import TrialOutcome  # noqa: E402
