@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -19,7 +21,7 @@ from ablation.study.rounds import study_decisions
 from ablation.sweep.config import load_sweep
 from conftest import SMALL_WEIGHTS, load_study, run_module
 
-pytestmark = pytest.mark.slow  # real studies of 8 to 12 trials, run several times
+pytestmark = pytest.mark.slow  # two real studies of 8 to 12 trials, each run again
 
 SWEEP = """
 study: {{name: adaptive, sampler: grid, seeds: {{min: 2, max: {max}}}, isolation: process}}
@@ -44,7 +46,7 @@ def write(workdir: Path, data: Path, max_seeds: int = 3) -> Path:
     return path
 
 
-def decisions(workdir: Path) -> dict[str, object]:
+def decisions(workdir: Path) -> dict[str, Any]:
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("adaptive")
     [parent] = client.search_runs([experiment.experiment_id], "tags.`ablation.role` = 'study'")
@@ -61,21 +63,76 @@ def points(workdir: Path) -> list[str]:
     return sorted(t.user_attrs["point"] for t in complete)
 
 
+def run_killed_mid_round(workdir: Path, sweep: Path) -> None:
+    """Start the study with one worker and SIGKILL it (its whole process group) while trial 5
+    (the first round's second seed) trains."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ablation.run", str(sweep)],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while True:
+        assert process.poll() is None, "the study ended before the kill"
+        assert time.monotonic() < deadline
+        try:
+            trials = load_study(workdir, "adaptive").trials
+        except (KeyError, FileNotFoundError, ValueError):
+            trials = []
+        if len(trials) > 5 and trials[5].state.name == "RUNNING" and trials[5].intermediate_values:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+# Two runs of the same study, each the other's reference (two studies, not three: a
+# separate uninterrupted one-worker run would only repeat what each of these is compared to):
+# - two_workers: uninterrupted, with two workers side by side;
+# - killed: one worker, killed mid-round, then run again to the end.
+# The kill test compares the killed run with the uninterrupted one, the two-workers test the
+# two-worker run with the one-worker one; both must decide exactly alike.
+
+
 @pytest.fixture(scope="module")
-def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The adaptive study run once, uninterrupted, with one worker."""
-    workdir = tmp_path_factory.mktemp("reference")
-    result = run_module("ablation.run", str(write(workdir, data)), cwd=workdir)
+def two_workers(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The adaptive study run once, uninterrupted, with two workers."""
+    workdir = tmp_path_factory.mktemp("two-workers")
+    result = run_module("ablation.run", str(write(workdir, data)), "--workers", "2", cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 
-def test_rounds_run_what_the_decisions_call_for(reference: Path) -> None:
-    found = decisions(reference)
+@dataclass
+class Rerun:
+    """A study's folder, its rerun's stderr, and its finished points and decisions as they
+    were after the rerun (the last test goes on in the folder)."""
+
+    workdir: Path
+    stderr: str
+    points: list[str]
+    decisions: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def killed(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Rerun:
+    """The adaptive study with one worker, killed mid-round, then run again to the end."""
+    workdir = tmp_path_factory.mktemp("killed")
+    sweep = write(workdir, data)
+    run_killed_mid_round(workdir, sweep)
+    result = run_module("ablation.run", str(sweep), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Rerun(workdir, result.stderr, points(workdir), decisions(workdir))
+
+
+def test_rounds_run_what_the_decisions_call_for(two_workers: Path) -> None:
+    found = decisions(two_workers)
     assert found["rule"]["min_seeds"] == 2 and found["rule"]["looks"] == 2
     effects = {e["factor"]: e for e in found["effects"]}
     assert set(effects) == {"backbone", "preprocess"}
-    finished = points(reference)
+    finished = points(two_workers)
     assert len(finished) == len(set(finished)) == found["trials"]
     per_configuration = found["seeds_per_configuration"]
     assert len(per_configuration) == 4 and set(per_configuration.values()) <= {2, 3}
@@ -89,7 +146,7 @@ def test_rounds_run_what_the_decisions_call_for(reference: Path) -> None:
     undecided_after_one = [e for e in effects.values() if e["round"] != 1]
     assert (found["trials"] > 8) == bool(undecided_after_one)
     # The report says each decision and what it cost.
-    report = run_module("ablation.report", str(reference / "sweep.yaml"), cwd=reference)
+    report = run_module("ablation.report", str(two_workers / "sweep.yaml"), cwd=two_workers)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "Adaptive seeds: each effect's decision" in report.stdout
     assert f"Cost: {found['trials']} trial(s) of at most 12" in report.stdout
@@ -97,69 +154,47 @@ def test_rounds_run_what_the_decisions_call_for(reference: Path) -> None:
         assert effect["state"] in report.stdout
 
 
-def test_a_kill_mid_round_then_a_rerun_decides_the_same(
-    reference: Path, data: Path, tmp_path: Path
-) -> None:
-    sweep = write(tmp_path, data)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ablation.run", str(sweep)],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+def test_a_kill_mid_round_then_a_rerun_decides_the_same(killed: Rerun, two_workers: Path) -> None:
+    assert "1 trial(s) of an earlier run were interrupted" in killed.stderr
+    assert killed.points == points(two_workers)  # none lost, none twice
+    assert killed.decisions["effects"] == decisions(two_workers)["effects"]
+
+
+def test_two_workers_decide_as_one(two_workers: Path, killed: Rerun) -> None:
+    trials = load_study(two_workers, "adaptive").get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
     )
-    deadline = time.monotonic() + 600
-    while True:  # kill the study while trial 5 (the first round's second seed) trains
-        assert process.poll() is None, "the study ended before the kill"
-        assert time.monotonic() < deadline
-        try:
-            trials = load_study(tmp_path, "adaptive").trials
-        except (KeyError, FileNotFoundError, ValueError):
-            trials = []
-        if len(trials) > 5 and trials[5].state.name == "RUNNING" and trials[5].intermediate_values:
-            break
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    result = run_module("ablation.run", str(sweep), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "1 trial(s) of an earlier run were interrupted" in result.stderr
-    assert points(tmp_path) == points(reference)  # none lost, none twice
-    mine, theirs = decisions(tmp_path), decisions(reference)
-    assert mine["effects"] == theirs["effects"]
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    # The two workers really ran side by side: some trials overlap in time.
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert points(two_workers) == killed.points  # the one-worker run's
+    assert decisions(two_workers)["effects"] == killed.decisions["effects"]
 
 
-def test_two_workers_decide_as_one_and_a_changed_rule_continues(
-    reference: Path, data: Path, tmp_path: Path
-) -> None:
-    sweep = str(write(tmp_path, data))
-    result = run_module("ablation.run", sweep, "--workers", "2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert points(tmp_path) == points(reference)
-    assert decisions(tmp_path)["effects"] == decisions(reference)["effects"]
-
+def test_a_changed_rule_on_rerun_continues(killed: Rerun, data: Path) -> None:
     # A larger max is not refused: the decisions are replayed under the new rule (three
     # looks now, each widened more), and undecided effects may get a fourth seed.
-    before = points(tmp_path)
-    result = run_module("ablation.run", str(write(tmp_path, data, max_seeds=4)), cwd=tmp_path)
+    workdir = killed.workdir
+    before = points(workdir)
+    result = run_module("ablation.run", str(write(workdir, data, max_seeds=4)), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    found = decisions(tmp_path)
+    found = decisions(workdir)
     assert found["rule"]["max_seeds"] == 4 and found["rule"]["looks"] == 3
-    after = points(tmp_path)
+    after = points(workdir)
     assert set(before) <= set(after) and len(after) == len(set(after)) == found["trials"]
     assert set(found["seeds_per_configuration"].values()) <= {2, 3, 4}
 
     # A changed min_effect is not refused either: every look is replayed under the new
     # band, and the recorded decisions are exactly that replay on the finished trials.
     wider = ["--set", "study.min_effect=0.5"]
-    result = run_module("ablation.run", str(tmp_path / "sweep.yaml"), *wider, cwd=tmp_path)
+    result = run_module("ablation.run", str(workdir / "sweep.yaml"), *wider, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    found = decisions(tmp_path)
+    found = decisions(workdir)
     assert found["rule"]["min_effect"] == 0.5 and found["rule"]["max_seeds"] == 4
     replayed = study_decisions(
-        load_study(tmp_path, "adaptive"), load_sweep(tmp_path / "sweep.yaml", wider[1:])
+        load_study(workdir, "adaptive"), load_sweep(workdir / "sweep.yaml", wider[1:])
     )
     assert [(e["factor"], e["state"], e["round"]) for e in found["effects"]] == [
         (d.effect.factor, d.state, d.round) for d in replayed
     ]
-    assert set(after) <= set(points(tmp_path)) and len(points(tmp_path)) == found["trials"]
+    assert set(after) <= set(points(workdir)) and len(points(workdir)) == found["trials"]
