@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -183,46 +184,62 @@ def trial_processes(pid: int) -> set[int]:
     return {p for p in children(pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()}
 
 
-def test_a_killed_trial_fails_alone_and_is_retried(tmp_path: Path, small_data: Path) -> None:
-    sweep = write_sweep(tmp_path, small_data)
-    process = start(sweep, tmp_path)
-    wait_for_a_trial_mid_training(process, tmp_path, number=0)
-    running = trial_pid(tmp_path, 0)
+@dataclass
+class Kills:
+    """One study whose trial process and, later, spare process were killed (SIGKILL)."""
+
+    workdir: Path
+    sweep: Path
+    returncode: int
+    stderr: str
+    spares: set[int]  # trial 0's spare: the next trial's process, started while trial 0 trained
+    spare: int  # trial 1's spare, killed while it waited for trial 2
+
+
+@pytest.fixture(scope="module")
+def kills(tmp_path_factory: pytest.TempPathFactory, small_data: Path) -> Kills:
+    """Trial 0's process killed mid-training (what the kernel's OOM killer would do), then,
+    while trial 1 trains, the spare process waiting for trial 2: one study for both tests."""
+    workdir = tmp_path_factory.mktemp("kills")
+    sweep = write_sweep(workdir, small_data)
+    process = start(sweep, workdir)
+    wait_for_a_trial_mid_training(process, workdir, number=0)
+    running = trial_pid(workdir, 0)
     spares = trial_processes(process.pid) - {running}
     assert len(spares) == 1  # the next trial's process, started while this one trains
-    os.kill(running, signal.SIGKILL)  # what the kernel's OOM killer would do
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 1, stderr[-2000:]
-    assert "1 trial(s) failed" in stderr and "Traceback" not in stderr
-    study = load(tmp_path)
+    os.kill(running, signal.SIGKILL)
+    wait_for_a_trial_mid_training(process, workdir, number=1)
+    (spare,) = trial_processes(process.pid) - {trial_pid(workdir, 1)}
+    os.kill(spare, signal.SIGKILL)  # dies while it waits for its trial
+    _, stderr = process.communicate(timeout=600)
+    return Kills(workdir, sweep, process.returncode, stderr, spares, spare)
+
+
+def test_a_killed_trial_fails_alone_and_is_retried(kills: Kills) -> None:
+    assert kills.returncode == 1, kills.stderr[-2000:]
+    assert "1 trial(s) failed" in kills.stderr and "Traceback" not in kills.stderr
+    study = load(kills.workdir)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert "the trial's process died (killed by signal 9)" in study.trials[0].user_attrs["error"]
-    assert study.trials[1].user_attrs["pid"] in spares  # the spare ran the next trial
-    failed_runs = [r for r in mlflow_runs(tmp_path) if r.info.status == "FAILED"]
+    assert study.trials[1].user_attrs["pid"] in kills.spares  # the spare ran the next trial
+    failed_runs = [r for r in mlflow_runs(kills.workdir) if r.info.status == "FAILED"]
     assert len(failed_runs) == 1, [
-        (r.info.run_name, r.info.status, r.data.tags) for r in mlflow_runs(tmp_path)
+        (r.info.run_name, r.info.status, r.data.tags) for r in mlflow_runs(kills.workdir)
     ]
     assert "killed by signal 9" in failed_runs[0].data.tags["error"]
 
-    result = rerun(sweep, tmp_path)
+    result = rerun(kills.sweep, kills.workdir)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert_every_point_complete_once(tmp_path)
+    assert_every_point_complete_once(kills.workdir)
 
 
-def test_a_killed_spare_process_costs_no_trial(tmp_path: Path, small_data: Path) -> None:
-    sweep = write_sweep(tmp_path, small_data)
-    process = start(sweep, tmp_path)
-    wait_for_a_trial_mid_training(process, tmp_path, number=0)
-    (spare,) = trial_processes(process.pid) - {trial_pid(tmp_path, 0)}
-    os.kill(spare, signal.SIGKILL)  # dies while it waits for its trial
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-2000:]
-    assert_every_point_complete_once(tmp_path)
-    study = load(tmp_path)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * CONFIGURATIONS
-    assert spare not in {t.user_attrs["pid"] for t in study.trials}
-    for run in mlflow_runs(tmp_path):
-        if run.data.tags.get("ablation.role") == "trial":  # each trial's cost outside training
+def test_a_killed_spare_process_costs_no_trial(kills: Kills) -> None:
+    study = load(kills.workdir)  # the first run's trials (the other test runs it again)
+    # Trial 2 ran, in a fresh process, to the end: the one failed trial is the one killed.
+    assert [t.state.name for t in study.trials[:3]] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert kills.spare not in {t.user_attrs["pid"] for t in study.trials[:3]}
+    for run in mlflow_runs(kills.workdir):
+        if run.data.tags.get("ablation.state") == "COMPLETE":  # each trial's cost outside training
             assert 0 <= run.data.metrics["fixed_seconds"] <= run.data.metrics["wall_seconds"]
 
 
