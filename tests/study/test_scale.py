@@ -185,11 +185,17 @@ def test_a_dead_machines_trial_runs_again_elsewhere(
         pytest.skip("needs root and unshare to give the second machine its own host name")
     optuna_url, _ = databases
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
+    # One configuration, one seed: the grid is the trial that dies and runs again (40 epochs,
+    # so that machine B is still training it when it goes down).
+    text = (
         SWEEP.format(data=small_data)
         .replace("seeds: [0, 1]}", "seeds: [0], heartbeat_seconds: 1, grace_seconds: 4}")
         .replace("epochs: 2", "epochs: 40")
+        .replace("[false, true]", "[false]")
+        .replace("  rotation: {choice: [0.1, 0.2], when: {augment: true}}\n", "")
     )
+    assert "rotation" not in text and "grace_seconds" in text
+    sweep.write_text(text)
     tracking = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"
     command = [
         sys.executable,
