@@ -36,7 +36,7 @@ data: {{source: {data}, image_size: [48, 48], batch_size: 8, limit_per_class: 6}
 train: {{epochs: 1}}
 space:
   augment: {{choice: [false, true]}}
-tracking: {{experiment: secret}}
+tracking: {{experiment: {experiment}}}
 """
 
 
@@ -178,11 +178,18 @@ def test_an_unreachable_storage_or_server_names_the_host_not_the_password(
 # -- a whole study with a password in its URLs ---------------------------------------------
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow server`` whose store and artifacts are files under ``tmp_path``."""
-    store = tmp_path / "server"
-    store.mkdir()
+@pytest.fixture(scope="module")
+def server_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the server's store and artifacts (searched for secrets by every test)."""
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="module")
+def server(server_store: Path) -> Iterator[str]:
+    """A real ``mlflow server`` whose store and artifacts are files under ``server_store``:
+    one for the module's tests (starting and stopping one takes 10-20 s), each test its own
+    experiment in it."""
+    store = server_store
     with mlflow_server(
         f"sqlite:///{store / 'mlflow.db'}",
         port=free_port(),
@@ -294,7 +301,7 @@ def run_watching_processes(
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["{0}", QUOTED], ids=["plain", "quote"])
 def test_a_password_in_the_urls_is_recorded_nowhere(
-    tmp_path: Path, small_data: Path, database: str, server: str, form: str
+    tmp_path: Path, small_data: Path, database: str, server: str, server_store: Path, form: str
 ) -> None:
     password, secrets = fresh_password(form)
     storage = with_password(database, "postgres", password)
@@ -302,7 +309,8 @@ def test_a_password_in_the_urls_is_recorded_nowhere(
     work = tmp_path / "work"
     work.mkdir()
     sweep = work / "sweep.yaml"
-    sweep.write_text(SWEEP.format(data=small_data))
+    experiment = "secret-plain" if form == "{0}" else "secret-quote"
+    sweep.write_text(SWEEP.format(data=small_data, experiment=experiment))
     stores = ["--set", f"study.storage={storage}", "--set", f"tracking.uri={tracking}"]
 
     result, trials = run_watching_processes(
@@ -325,19 +333,19 @@ def test_a_password_in_the_urls_is_recorded_nowhere(
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=server)
-    runs = client.search_runs([client.get_experiment_by_name("secret").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 3  # the study and its two trials
     parent = next(r for r in runs if r.data.tags.get("ablation.role") == "study")
     recorded = client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))
     assert "storage: postgresql://postgres:***@" in Path(recorded).read_text()
     assert "uri: http://bob:***@" in Path(recorded).read_text()
     assert leaks(secrets, *outputs, database_text(database)) == []
-    assert_nowhere(secrets, tmp_path)
+    assert_nowhere(secrets, tmp_path, server_store)
 
 
 @pytest.mark.slow
 def test_the_environment_carries_the_secrets_and_no_command_line_shows_them(
-    tmp_path: Path, small_data: Path, database: str, server: str
+    tmp_path: Path, small_data: Path, database: str, server: str, server_store: Path
 ) -> None:
     """ABLATION_STORAGE (a URL without a password) with PGPASSWORD for libpq, and
     MLFLOW_TRACKING_URI with MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD."""
@@ -347,7 +355,7 @@ def test_the_environment_carries_the_secrets_and_no_command_line_shows_them(
     work = tmp_path / "work"
     work.mkdir()
     sweep = work / "sweep.yaml"
-    sweep.write_text(SWEEP.format(data=small_data))
+    sweep.write_text(SWEEP.format(data=small_data, experiment="secret-env"))
     env = {
         **os.environ,
         "ABLATION_STORAGE": database,
@@ -367,10 +375,11 @@ def test_the_environment_carries_the_secrets_and_no_command_line_shows_them(
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=server)
-    assert len(client.search_runs([client.get_experiment_by_name("secret").experiment_id])) == 3
+    experiment = client.get_experiment_by_name("secret-env")
+    assert len(client.search_runs([experiment.experiment_id])) == 3
     for text in (result.stdout, result.stderr, database_text(database)):
         assert password not in text
-    assert_nowhere(password, tmp_path)
+    assert_nowhere(password, tmp_path, server_store)
 
 
 # -- a storage URL never names a file; the UI's store is on no command line ---------------
@@ -452,7 +461,7 @@ def test_the_ui_on_a_database_shows_its_password_on_no_command_line(
     tracking = with_password(database, "postgres", password)
     MlflowClient(tracking_uri=tracking).create_experiment("secret")
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(SWEEP.format(data=small_data))
+    sweep.write_text(SWEEP.format(data=small_data, experiment="secret"))
     port, output = free_port(), tmp_path / "ui.out"
     with output.open("w") as out:
         process = subprocess.Popen(
