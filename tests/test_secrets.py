@@ -299,17 +299,19 @@ def run_watching_processes(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("form", ["{0}", QUOTED], ids=["plain", "quote"])
 def test_a_password_in_the_urls_is_recorded_nowhere(
-    tmp_path: Path, small_data: Path, database: str, server: str, server_store: Path, form: str
+    tmp_path: Path, small_data: Path, database: str, server: str, server_store: Path
 ) -> None:
-    password, secrets = fresh_password(form)
+    # The password holds a quote and a percent-escape, the hardest to redact; each of its
+    # three tokens is a plain password of its own, searched for everywhere (a plain password
+    # alone, run as a study of its own, checked nothing more).
+    password, secrets = fresh_password(QUOTED)
     storage = with_password(database, "postgres", password)
     tracking = with_password(server, "bob", password)
     work = tmp_path / "work"
     work.mkdir()
     sweep = work / "sweep.yaml"
-    experiment = "secret-plain" if form == "{0}" else "secret-quote"
+    experiment = "secret-urls"
     sweep.write_text(SWEEP.format(data=small_data, experiment=experiment))
     stores = ["--set", f"study.storage={storage}", "--set", f"tracking.uri={tracking}"]
 
