@@ -78,10 +78,13 @@ def test_the_extractor_computes_the_full_models_backbone_features(small_data: Pa
     # The full model's own path to its pooling layer (the layer's first call), at inference.
     inside = keras.Model(model.input, model.get_layer("global_max_pooling2d").input)
     images = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3)).astype("float32")
-    expected = inside.predict(images, verbose=0)
-    np.testing.assert_allclose(parts.extractor.predict(images, verbose=0), expected, atol=1e-5)
+    expected = np.asarray(inside(images, training=False))  # eager: no graph traced to predict
+    extracted = np.asarray(parts.extractor(images, training=False))
+    np.testing.assert_allclose(extracted, expected, atol=1e-5)
     np.testing.assert_allclose(
-        parts.head.predict(expected, verbose=0), model.predict(images, verbose=0), atol=1e-5
+        np.asarray(parts.head(expected, training=False)),
+        np.asarray(model(images, training=False)),
+        atol=1e-5,
     )
     assert [w.name for w in parts.head.weights] == [
         w.name for w in model.get_layer("logits").weights
@@ -115,8 +118,8 @@ def test_a_cached_trial_is_the_full_models_trial(
     images = load_images(cached_sweep.data)
     assert cached.model.input_shape == (None, 96, 96, 3)
     np.testing.assert_allclose(
-        cached.model.predict(images.x_test.astype("float32"), verbose=0),
-        full.model.predict(images.x_test.astype("float32"), verbose=0),
+        np.asarray(cached.model(images.x_test.astype("float32"), training=False)),  # eager
+        np.asarray(full.model(images.x_test.astype("float32"), training=False)),
         atol=1e-3,
     )
     written = sorted(p.name for p in (tmp_path / "b").glob("features-*/*.npy"))
@@ -470,7 +473,9 @@ def test_per_epoch_features_train_as_the_whole_model(
     assert ours.model.input_shape == (None, 96, 96, 3)  # the recorded model: the whole model
     x_test = images.x_test.astype("float32")
     np.testing.assert_allclose(
-        ours.model.predict(x_test, verbose=0), whole.model.predict(x_test, verbose=0), atol=1e-3
+        np.asarray(ours.model(x_test, training=False)),  # eager: no graph traced to predict
+        np.asarray(whole.model(x_test, training=False)),
+        atol=1e-3,
     )
 
 
