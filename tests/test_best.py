@@ -20,7 +20,7 @@ from conftest import SMALL_WEIGHTS, run_module
 SWEEP = f"""
 study: {{name: best, sampler: grid, seeds: [0], isolation: none}}
 data: {{source: {{data}}, image_size: [64, 64], batch_size: 8}}
-train: {{epochs: 2}}
+train: {{epochs: 2, feature_batch_size: 8}}  # auto's timing: tests/autotune
 model: {{weights: {SMALL_WEIGHTS}, alpha: 0.35}}
 space:
   backbone:   {{choice: [cnn, mobilenet_v2]}}

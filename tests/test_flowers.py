@@ -27,7 +27,7 @@ SIZE = (64, 64)
 SWEEP = """
 study: {{name: flowers, sampler: grid, seeds: [0], isolation: none}}
 data: {{source: {data}, image_size: [64, 64], batch_size: 32}}
-train: {{epochs: 1}}
+train: {{epochs: 1, feature_batch_size: 8}}  # auto's timing: tests/autotune
 model: {{weights: {weights}, alpha: 0.35}}
 space:
   backbone: {{choice: [cnn, mobilenet_v2]}}

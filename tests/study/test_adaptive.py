@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # two real studies of 8 to 12 trials, each run ag
 SWEEP = """
 study: {{name: adaptive, sampler: grid, seeds: {{min: 2, max: {max}}}, isolation: process}}
 data: {{source: {data}, image_size: [32, 32], batch_size: 8}}
-train: {{epochs: 2}}
+train: {{epochs: 2, feature_batch_size: 8}}  # auto's timing: tests/autotune
 model: {{weights: {weights}, alpha: 0.35}}
 space:
   backbone: {{choice: [cnn, mobilenet_v2]}}
