@@ -237,6 +237,6 @@ def test_a_process_reading_the_cache_holds_no_private_copy(tmp_path: Path) -> No
     size = memory["size"]
     grew = {key: memory["after"][key] - memory["before"][key] for key in memory["before"]}
     assert grew["rss"] > 0.9 * size, memory  # the images were all mapped in
-    assert grew["dirty"] < size / 3 and grew["anon"] < size / 3, memory
+    assert grew["dirty"] < size / 2 and grew["anon"] < size / 2, memory  # a copy: > 0.9 size
     copied = {key: memory["copied"][key] - memory["after"][key] for key in memory["before"]}
     assert copied["dirty"] > 0.9 * size and copied["anon"] > 0.9 * size, memory  # the control
